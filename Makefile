@@ -1,0 +1,69 @@
+# Ego4D LTA: extract once, train heads in minutes. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH_PINS := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+endif
+
+DATA ?= data/long_term_anticipation
+STORE ?= cache/features
+RUN ?= runs/slowfast_transformer
+CONFIG ?= pipelines/configs/slowfast_transformer.yaml
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-fast resize extract train-heads evaluate predict sweep report bench clean
+
+help: ## list the targets with one line each
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install everything (no-op when done)
+
+demo: $(STAMP) ## run the whole pipeline on a bundled synthetic sample on the CPU
+	$(BIN)/lta demo out=demo_out $(ARGS)
+
+test: $(STAMP) ## run the test suite (CPU, no downloads)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## run the tests not marked slow
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+resize: $(STAMP) ## resize clips_hq -> clips (short side 320), DATA=...
+	$(BIN)/lta resize data=$(DATA) $(ARGS)
+
+extract: $(STAMP) ## extract embeddings into the feature store, DATA=... STORE=...
+	$(BIN)/lta extract data=$(DATA) store=$(STORE) $(ARGS)
+
+train-heads: $(STAMP) ## train a forecasting head on cached features, CONFIG=... RUN=...
+	$(BIN)/lta train-heads config=$(CONFIG) data=$(DATA) store=$(STORE) out=$(RUN) $(ARGS)
+
+evaluate: $(STAMP) ## ED@20 of a run and the no-training baselines on val, RUN=...
+	$(BIN)/lta evaluate run=$(RUN) split=val $(ARGS)
+
+predict: $(STAMP) ## write the challenge outputs.json for the test split, RUN=...
+	$(BIN)/lta predict run=$(RUN) split=test out=$(RUN)/outputs.json $(ARGS)
+
+sweep: $(STAMP) ## train several head configs over one cache, table sorted by val ED
+	$(BIN)/lta sweep data=$(DATA) store=$(STORE) $(ARGS)
+
+report: $(STAMP) ## HTML report of a run's predictions, RUN=...
+	$(BIN)/lta report run=$(RUN) split=val out=$(RUN)/report.html $(ARGS)
+
+bench: $(STAMP) ## run the benchmarks in bench/ (prints the README tables)
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean: ## remove demo outputs (keeps .venv)
+	rm -rf demo_out

@@ -1,0 +1,101 @@
+"""Structured configs for every `lta` command: dataclass schema + optional YAML + `key=value` overrides.
+
+Each command declares a dataclass whose fields carry a default and a one-line help string
+(`opt(default, "help")`). `parse_config(Schema, argv)` merges, in order: the schema defaults,
+an optional `config=FILE.yaml`, then the `key=value` overrides (OmegaConf dotlist syntax, so
+`extractors=[a,b]` and `optim.lr=1e-3` work). Unknown keys and wrong types are errors.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A command line or config file that does not fit the command's schema."""
+
+
+def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    """A config field with a default and a one-line help string shown by `--help`."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{_type_name(args[0])}?"
+    if origin in (list, typing.List):
+        (arg,) = typing.get_args(tp) or (Any,)
+        return f"list[{_type_name(arg)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def help_text(schema: type, command: str, summary: str = "") -> str:
+    """Lines listing every key of `schema` with its type, default and help."""
+    hints = typing.get_type_hints(schema)
+    lines = [f"usage: lta {command} [config=FILE.yaml] [key=value ...]"]
+    if summary:
+        lines += ["", summary]
+    lines += ["", "keys:"]
+    for f in dataclasses.fields(schema):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        if dataclasses.is_dataclass(default):
+            default = "{...}"
+        lines.append(f"  {f.name:<22} {_type_name(hints[f.name]):<12} default={default!s:<14} {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def parse_config(schema: type[T], argv: Sequence[str]) -> T:
+    """Build a frozen config object of type `schema` from `argv` (`key=value` items, optional `config=FILE`).
+
+    Raises:
+        ConfigError: unknown key, wrong type, malformed item or unreadable config file.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides: list[str] = []
+    config_files: list[Path] = []
+    for item in argv:
+        if "=" not in item:
+            raise ConfigError(f"expected key=value, got {item!r} (see --help)")
+        key, value = item.split("=", 1)
+        if key == "config":
+            config_files.append(Path(value))
+        else:
+            overrides.append(item)
+    try:
+        cfg = OmegaConf.structured(schema)
+        for path in config_files:
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            # OmegaConf.load uses yaml.SafeLoader-based loading: no arbitrary object construction.
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as err:
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{msg} (see `lta ... --help` for the keys)") from None
+    return obj  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, for saving next to a command's outputs."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
