@@ -310,7 +310,8 @@ class FeatureStore:
             raise ValueError(f"{self.path}: rows [{start}, {stop}) outside [0, {self.num_rows})")
         if n == 0:
             return
-        cast = features.astype(self.dtype, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught just below
+            cast = features.astype(self.dtype, copy=False)
         bad = ~np.isfinite(cast.reshape(n, -1)).all(axis=1)
         if bad.any():
             r = start + int(np.flatnonzero(bad)[0])
