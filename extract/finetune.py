@@ -1,0 +1,422 @@
+"""`lta finetune-backbone`: end-to-end verb/noun recognition fine-tuning of a video backbone.
+
+One process per device (torchrun / SLURM set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; a
+single process needs none). DDP across processes, bf16 autocast on CUDA, gradient accumulation.
+`batch_size` is the *effective* batch (the reference's 64): each process takes
+`batch_size / (world_size * accum_steps)` samples per micro-step, so the LR recipe does not depend
+on the number of devices.
+
+Recipe defaults (../shared/reference/ego4d_lta.md §3.6, "Recognition" rows): SGD momentum 0.9,
+nesterov, dampening 0; weight decay 1e-4, 0 on BatchNorm parameters; per-iteration cosine with a
+linear warm-up from 0 (1000 steps); LR 1e-4 (SlowFast) / 1e-2 (MViT); 30 / 40 epochs; batch 64.
+
+BatchNorm: every parameter is trained here, so BatchNorm runs in train mode (batch statistics), as
+in the reference recognition training (`bn_mode=train`). Quirk of the reference, documented, not
+copied: its LTA stage "freezes" the backbone via `requires_grad=False` but leaves the module in
+train mode, so BN keeps using batch statistics and updating its running stats; features extracted
+from our checkpoint always use eval-mode BN (the running stats written here). `bn_mode=frozen`
+keeps BN in eval mode while the rest trains, for per-device batches too small for batch statistics.
+The reference's precise-BN pass (200 batches) is not implemented.
+
+Run directory: checkpoints/last.pt (model, optimiser, scheduler, step, RNG; resumed automatically),
+backbone.pt + backbone.json + heads.pt (the export `lta extract` loads, see finetune_model),
+metrics.jsonl (one line per validation), tb/ (TensorBoard).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extract.finetune_data import EpochBatchSampler, RecognitionDataset, make_loader
+from extract.finetune_model import (
+    RECIPES,
+    BackboneSpec,
+    build_recognition_model,
+    cosine_warmup_factor,
+    export_backbone,
+    init_backbone,
+    make_spec,
+    param_groups,
+    recognition_loss,
+)
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoints/last.pt"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Arguments of `finetune` (the CLI schema maps onto these one to one; None = the backbone's recipe)."""
+
+    data: str
+    out: str
+    backbone: str = "slowfast_r101_8x8"
+    init: str = "kinetics"
+    train_split: str = "train"
+    val_split: str = "val"
+    resized: bool = True
+    lr: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    accum_steps: int = 1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    bn_weight_decay: float = 0.0
+    warmup_steps: int = 1000
+    dropout: float = 0.5
+    flip_prob: float = 0.5
+    bn_mode: str = "train"
+    width_per_group: int | None = None
+    crop_size: int | None = None
+    num_frames: int | None = None
+    num_workers: int = 8
+    seed: int = 0
+    max_steps: int = 0
+    log_every: int = 20
+    ckpt_every: int = 500
+    val_every: int = 1
+    device: str = "auto"
+    precision: str = "auto"
+    resume: bool = True
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: Any
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: str):
+    """`auto` -> cuda if available else cpu; an explicit `cuda` without a GPU is an error (no silent fallback)."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device} but torch sees no CUDA device")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]")
+    return torch.device(device)
+
+
+def setup_distributed(device: str) -> DistInfo:
+    """Process-group init from the torchrun / SLURM environment when WORLD_SIZE > 1 (NCCL on CUDA, else gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world == 1:
+        return DistInfo(0, 1, 0, dev)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://")
+    return DistInfo(rank, world, local, dev)
+
+
+def _set_train_mode(model, bn_mode: str) -> None:
+    from torch import nn
+
+    model.train()
+    if bn_mode == "frozen":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    elif bn_mode != "train":
+        raise ValueError(f"unknown bn_mode {bn_mode!r}; expected train or frozen")
+
+
+def _autocast(device, precision: str):
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r}; expected auto, bf16 or fp32")
+
+
+def _to_device(inputs, device):
+    if isinstance(inputs, (list, tuple)):
+        return [x.to(device, non_blocking=True) for x in inputs]
+    return inputs.to(device, non_blocking=True)
+
+
+def _rng_state() -> dict:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Plan:
+    """Resolved recipe: effective batch, per-process micro-batch, steps."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    micro_batch: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def make_plan(opts: TrainOptions, num_train: int, world_size: int) -> Plan:
+    recipe = RECIPES[opts.backbone]
+    batch = opts.batch_size or recipe["batch_size"]
+    per_step = world_size * opts.accum_steps
+    if batch % per_step:
+        raise ValueError(f"batch_size={batch} must be divisible by world_size*accum_steps={per_step}")
+    micro = batch // per_step
+    steps_per_epoch = (num_train // world_size // micro) // opts.accum_steps
+    if steps_per_epoch == 0:
+        raise ValueError(f"{num_train} training segments are fewer than one effective batch of {batch}")
+    epochs = opts.epochs or recipe["epochs"]
+    return Plan(opts.lr or recipe["lr"], epochs, batch, micro, steps_per_epoch, epochs * steps_per_epoch)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    samples: int = 0
+    data_sec: float = 0.0
+    step_sec: float = 0.0
+
+
+def finetune(opts: TrainOptions) -> dict:
+    """Train (or resume) a recognition run in `opts.out`; returns the last validation metrics and throughput.
+
+    The returned dict has `step`, `val` ({verb_top1, verb_top5, noun_top1, noun_top5, loss} or {}),
+    `samples_per_sec`, `data_wait_share` (time blocked on the DataLoader / train-loop time).
+    """
+    import torch
+
+    from features.annotations import load_split
+
+    dist = setup_distributed(opts.device)
+    out = Path(opts.out)
+    spec = make_spec(opts.backbone, width_per_group=opts.width_per_group, crop_size=opts.crop_size, num_frames=opts.num_frames)
+    train_ann = load_split(opts.data, opts.train_split)
+    val_ann = load_split(opts.data, opts.val_split, train_ann.taxonomy) if opts.val_split else None
+    taxonomy = train_ann.taxonomy
+    train_ds = RecognitionDataset(opts.data, train_ann, spec, train=True, seed=opts.seed, flip_prob=opts.flip_prob,
+                                  resized=opts.resized)
+    val_ds = RecognitionDataset(opts.data, val_ann, spec, train=False, resized=opts.resized) if val_ann is not None else None
+    plan = make_plan(opts, len(train_ds), dist.world_size)
+
+    random.seed(opts.seed)
+    np.random.seed(opts.seed)
+    torch.manual_seed(opts.seed)
+    model = build_recognition_model(spec, num_verbs=taxonomy.num_verbs, num_nouns=taxonomy.num_nouns, dropout=opts.dropout)
+    ckpt_path = out / CHECKPOINT
+    resuming = opts.resume and ckpt_path.is_file()
+    if not resuming:
+        log.info("init: %s", init_backbone(model.backbone, spec, opts.init))
+    model.to(dist.device)
+    optimizer = torch.optim.SGD(param_groups(model, weight_decay=opts.weight_decay, bn_weight_decay=opts.bn_weight_decay),
+                                lr=plan.lr, momentum=opts.momentum, nesterov=opts.nesterov, dampening=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: cosine_warmup_factor(s, warmup_steps=opts.warmup_steps, total_steps=plan.total_steps))
+    state = TrainState()
+    if resuming:
+        state = _load_checkpoint(ckpt_path, model, optimizer, scheduler, spec, dist)
+        log.info("resumed %s at step %d", ckpt_path, state.step)
+    ddp_model = model
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+    if dist.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    writer = None
+    if dist.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        out.mkdir(parents=True, exist_ok=True)
+        writer = SummaryWriter(str(out / "tb"))
+        log.info("%s: %d train / %d val segments, %d verbs, %d nouns; batch %d = %d proc x %d accum x %d, "
+                 "%d steps/epoch, %d epochs, lr %g", spec.name, len(train_ds), len(val_ds or []), taxonomy.num_verbs,
+                 taxonomy.num_nouns, plan.batch_size, dist.world_size, opts.accum_steps, plan.micro_batch,
+                 plan.steps_per_epoch, plan.epochs, plan.lr)
+
+    stop_step = min(plan.total_steps, opts.max_steps) if opts.max_steps else plan.total_steps
+    val_metrics: dict = {}
+    loop_start, loop_data, loop_samples = time.perf_counter(), 0.0, 0
+    while state.step < stop_step:
+        epoch, step_in_epoch = divmod(state.step, plan.steps_per_epoch)
+        train_ds.set_epoch(epoch)
+        sampler = EpochBatchSampler(len(train_ds), plan.micro_batch, shuffle=True, seed=opts.seed, epoch=epoch,
+                                    rank=dist.rank, world_size=dist.world_size, start_batch=step_in_epoch * opts.accum_steps)
+        loader = make_loader(train_ds, sampler, num_workers=opts.num_workers, pin_memory=dist.device.type == "cuda")
+        batches = iter(loader)
+        _set_train_mode(model, opts.bn_mode)
+        for _ in range(step_in_epoch, plan.steps_per_epoch):
+            t_step = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for micro in range(opts.accum_steps):
+                t_data = time.perf_counter()
+                inputs, verb, noun, _idx = next(batches)
+                wait = time.perf_counter() - t_data
+                state.data_sec += wait
+                loop_data += wait
+                inputs, verb, noun = _to_device(inputs, dist.device), verb.to(dist.device), noun.to(dist.device)
+                sync = micro == opts.accum_steps - 1 or dist.world_size == 1
+                with (contextlib.nullcontext() if sync else ddp_model.no_sync()):
+                    with _autocast(dist.device, opts.precision):
+                        logits = ddp_model(inputs)
+                    loss = recognition_loss(logits, verb, noun) / opts.accum_steps
+                    loss.backward()
+                loss_sum += float(loss.detach())
+                state.samples += len(verb) * dist.world_size
+                loop_samples += len(verb) * dist.world_size
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            state.step_sec += time.perf_counter() - t_step
+            if writer is not None:
+                writer.add_scalar("train/loss", loss_sum, state.step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state.step)
+                if state.step % opts.log_every == 0 or state.step == 1:
+                    elapsed = time.perf_counter() - loop_start
+                    log.info("step %d/%d | epoch %d | loss %.4f | lr %.3g | %.0f ms/step | %.1f samples/s | data wait %.0f%%",
+                             state.step, stop_step, epoch, loss_sum, optimizer.param_groups[0]["lr"],
+                             1000 * elapsed / max(1, state.step), loop_samples / elapsed, 100 * loop_data / elapsed)
+            if opts.ckpt_every and state.step % opts.ckpt_every == 0:
+                _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, spec, state, dist, opts)
+            if state.step >= stop_step:
+                break
+        del batches, loader
+        epoch_done = state.step % plan.steps_per_epoch == 0
+        if epoch_done and val_ds is not None and ((epoch + 1) % opts.val_every == 0 or state.step == plan.total_steps):
+            val_metrics = evaluate(model, val_ds, batch_size=plan.micro_batch, num_workers=opts.num_workers, dist=dist,
+                                   precision=opts.precision)
+            if dist.is_main:
+                _log_val(out, writer, epoch, state.step, val_metrics)
+        if dist.is_main and (epoch_done or state.step >= stop_step):
+            export_backbone(model, spec, out, extra={"init": opts.init, "step": state.step, "epoch": epoch + epoch_done,
+                                                     "val": val_metrics, "num_verbs": taxonomy.num_verbs,
+                                                     "num_nouns": taxonomy.num_nouns})
+        _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, spec, state, dist, opts)
+    elapsed = time.perf_counter() - loop_start
+    if writer is not None:
+        writer.close()
+    return {"step": state.step, "val": val_metrics, "samples_per_sec": loop_samples / elapsed if elapsed else 0.0,
+            "data_wait_share": loop_data / elapsed if elapsed else 0.0, "spec": spec}
+
+
+def evaluate(model, dataset: RecognitionDataset, *, batch_size: int, num_workers: int, dist: DistInfo,
+             precision: str = "auto") -> dict:
+    """Verb / noun top-1 and top-5 accuracy and mean loss over every segment of `dataset` (summed across ranks)."""
+    import torch
+
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, rank=dist.rank, world_size=dist.world_size)
+    loader = make_loader(dataset, sampler, num_workers=num_workers, pin_memory=dist.device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    # counts: verb top1, verb top5, noun top1, noun top5, loss sum, n
+    totals = torch.zeros(6, dtype=torch.float64, device=dist.device)
+    with torch.no_grad():
+        for inputs, verb, noun, _idx in loader:
+            inputs, verb, noun = _to_device(inputs, dist.device), verb.to(dist.device), noun.to(dist.device)
+            with _autocast(dist.device, precision):
+                logits = model(inputs)
+            totals[4] += float(recognition_loss(logits, verb, noun)) * len(verb)
+            totals[5] += len(verb)
+            for slot, (name, target) in enumerate((("verb", verb), ("noun", noun))):
+                top = logits[name].float().topk(min(5, logits[name].shape[1]), dim=1).indices  # (B, 5)
+                hit = top == target[:, None]
+                totals[2 * slot] += hit[:, 0].sum()
+                totals[2 * slot + 1] += hit.any(dim=1).sum()
+    if dist.world_size > 1:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(totals)
+    model.train(was_training)
+    n = max(1.0, float(totals[5]))
+    keys = ("verb_top1", "verb_top5", "noun_top1", "noun_top5", "loss")
+    return {k: float(totals[i]) / n for i, k in enumerate(keys)} | {"num_samples": int(totals[5])}
+
+
+def _log_val(out: Path, writer, epoch: int, step: int, metrics: dict) -> None:
+    log.info("val epoch %d | step %d | verb top1 %.3f top5 %.3f | noun top1 %.3f top5 %.3f | loss %.4f",
+             epoch, step, metrics["verb_top1"], metrics["verb_top5"], metrics["noun_top1"], metrics["noun_top5"], metrics["loss"])
+    for k, v in metrics.items():
+        writer.add_scalar(f"val/{k}", v, step)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": epoch, "step": step, **metrics}) + "\n")
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec, state: TrainState, dist: DistInfo,
+                     opts: TrainOptions) -> None:
+    # every rank keeps its own RNG stream (dropout masks differ per rank); rank 0 writes the shared state
+    _atomic_save(_rng_state(), path.with_name(f"rng_rank{dist.rank}.pt"))
+    if dist.is_main:
+        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                      "state": asdict(state), "spec": spec.to_json(), "options": asdict(opts),
+                      "world_size": dist.world_size}, path)
+    if dist.world_size > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec, dist: DistInfo) -> TrainState:
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are numpy objects
+    if ckpt["spec"] != spec.to_json():
+        raise ValueError(f"{path}: saved backbone spec differs from this run's; use a new out= or resume=false\n"
+                         f"saved: {ckpt['spec']}\nnow:   {spec.to_json()}")
+    if ckpt["world_size"] != dist.world_size:
+        log.warning("%s was written with world_size %d, resuming with %d: data order changes", path, ckpt["world_size"], dist.world_size)
+    model.load_state_dict(ckpt["model"], strict=True)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    rng_path = path.with_name(f"rng_rank{dist.rank}.pt")
+    if rng_path.is_file():
+        _set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False))
+    return TrainState(**ckpt["state"])
