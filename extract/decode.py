@@ -1,0 +1,366 @@
+"""Window sampling and decode-once frame reading with PyAV.
+
+Sampling (shared with backbone fine-tuning, ../shared/reference/ego4d_lta.md §2.2):
+    A window lasts `num_frames * sampling_rate / target_fps` seconds (2.133 s for 32x2 and 16x4).
+    Its start is `seg_start + position * max(seg_dur - win_dur, 0)`, so position 0.5 is the reference
+    test sampler (`CenterClipVideoSampler`) and a segment shorter than the window is covered from its
+    start, the window running past the segment end (as the reference). The frames of the window are
+    the clip's native frames with timestamps in [t0, t0 + win_dur), uniformly subsampled to
+    `num_frames` (pytorchvideo `get_clip` + `UniformTemporalSubsample`, truncating indices as
+    `torch.linspace(...).long()`).
+    Clip-end policy (as pytorchvideo): a window that runs past the last frame keeps only the frames
+    that exist and spreads its `num_frames` over them (repeating frames); a window that starts at or
+    after the last frame's timestamp raises `WindowOutOfRange` (the segment lies outside the video).
+
+Views: view 0 is the centred window; further views place the window at other deterministic
+positions (`view_positions`), optionally followed by their horizontal flips.
+
+Decode-once: `ClipDecoder` takes every frame index needed by all extractors and views of all rows of
+a clip, reads the keyframe positions by demuxing (no decoding), and walks the needed frames in order,
+seeking forward to a keyframe only when that decodes fewer frames than continuing (+ a seek cost).
+Each frame is decoded at most once; frames are converted to RGB only when needed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+SEEK_COST_FRAMES = 8  # a seek (flush + demux restart) costs about as much as decoding this many frames
+
+
+class WindowOutOfRange(ValueError):
+    """A segment's window starts after the clip's last frame (segment outside the video)."""
+
+
+class DecodeError(RuntimeError):
+    """A clip that cannot be opened or decoded; the message names the file."""
+
+
+@dataclass(frozen=True)
+class View:
+    """One temporal view of a segment: window position in [0, 1] inside the segment, optional flip."""
+
+    position: float
+    flip: bool = False
+
+
+def view_positions(num_views: int) -> list[float]:
+    """Window positions of `num_views` views: 0.5 (centred, the reference test view) first, then 0, 1,
+    0.25, 0.75, 0.125, ... (a nested coarse-to-fine sequence, so adding views never changes earlier ones)."""
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    positions = [0.5, 0.0, 1.0]
+    level = 2
+    while len(positions) < num_views:
+        positions += [(2 * k + 1) / 2**level for k in range(2 ** (level - 1))]
+        level += 1
+    return positions[:num_views]
+
+
+def make_views(num_views: int, *, flip: bool = False) -> list[View]:
+    """`num_views` positions (`view_positions`); with `flip`, each position unflipped then flipped
+    (so `num_views` must be even, and view 0 is still the centred unflipped window)."""
+    if flip:
+        if num_views % 2:
+            raise ValueError(f"flip views come in pairs: num_views must be even, got {num_views}")
+        return [View(p, f) for p in view_positions(num_views // 2) for f in (False, True)]
+    return [View(p) for p in view_positions(num_views)]
+
+
+def uniform_subsample(indices: np.ndarray, num_samples: int) -> np.ndarray:
+    """`num_samples` entries of `indices` picked as `torch.linspace(0, n-1, num_samples).long()`."""
+    n = len(indices)
+    picks = np.linspace(0, n - 1, num_samples).astype(np.int64)  # truncation, as .long()
+    return np.asarray(indices)[picks]
+
+
+def window_bounds_sec(start_sec: float, end_sec: float, *, num_frames: int, sampling_rate: int,
+                      target_fps: float = 30.0, position: float = 0.5) -> tuple[float, float]:
+    """(t0, t1) of the window inside segment [start_sec, end_sec] at `position` in [0, 1]."""
+    if not 0.0 <= position <= 1.0:
+        raise ValueError(f"position must be in [0, 1], got {position}")
+    duration = num_frames * sampling_rate / target_fps
+    t0 = start_sec + position * max(end_sec - start_sec - duration, 0.0)
+    return t0, t0 + duration
+
+
+def window_frame_indices(start_sec: float, end_sec: float, *, num_frames: int, sampling_rate: int, fps: float,
+                         position: float = 0.5, target_fps: float = 30.0,
+                         num_clip_frames: int | None = None) -> np.ndarray:
+    """Native frame indices (num_frames,) of the window of segment [start_sec, end_sec].
+
+    Args:
+        fps: the clip's frame rate (frame i is shown at i / fps).
+        position: window position inside the segment, 0 = start, 0.5 = centred, 1 = end.
+        target_fps: only sets the window duration (`num_frames * sampling_rate / target_fps`), as the reference.
+        num_clip_frames: frames in the clip; when given, the clip-end policy of the module docstring applies.
+
+    Raises:
+        WindowOutOfRange: the window starts after the clip's last frame.
+    """
+    t0, t1 = window_bounds_sec(start_sec, end_sec, num_frames=num_frames, sampling_rate=sampling_rate,
+                               target_fps=target_fps, position=position)
+    eps = 1e-6
+    first = max(math.ceil(t0 * fps - eps), 0)
+    stop = max(math.ceil(t1 * fps - eps), first + 1)  # frames with i / fps in [t0, t1)
+    if num_clip_frames is not None:
+        if first >= num_clip_frames:
+            raise WindowOutOfRange(
+                f"window [{t0:.3f}, {t1:.3f}) s of segment [{start_sec:.3f}, {end_sec:.3f}] s starts after the "
+                f"clip's last frame ({num_clip_frames} frames at {fps:g} fps = {num_clip_frames / fps:.3f} s)")
+        stop = min(stop, num_clip_frames)
+    return uniform_subsample(np.arange(first, stop), num_frames)
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """What PyAV says about a clip without decoding it: frames, fps, size and keyframe indices."""
+
+    path: str
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    keyframes: np.ndarray  # (K,) sorted frame indices of keyframes
+    keyframe_pts: np.ndarray  # (K,) their presentation timestamps (stream time base), the seek targets
+
+    @property
+    def duration_sec(self) -> float:
+        return self.num_frames / self.fps
+
+
+def _frame_index(pts: int, time_base: float, start_pts: int, fps: float) -> int:
+    return int(round((pts - start_pts) * time_base * fps))
+
+
+def probe_clip(path: Path | str) -> ClipInfo:
+    """Frame count, fps, size and keyframe indices by demuxing every packet (no decoding).
+
+    Raises:
+        DecodeError: the file is missing, not a video, or holds no video frames.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError(f"{path}: file not found")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DecodeError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            if not rate:
+                raise DecodeError(f"{path}: unknown frame rate")
+            fps = float(rate)
+            time_base = float(stream.time_base)
+            pts, key = [], []
+            for packet in container.demux(stream):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                pts.append(packet.pts)
+                key.append(packet.is_keyframe)
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except av.error.FFmpegError as err:
+        raise DecodeError(f"{path}: cannot read ({err})") from None
+    if not pts:
+        raise DecodeError(f"{path}: no video frames")
+    start_pts = stream.start_time if stream.start_time is not None else min(pts)
+    idx = np.array([_frame_index(p, time_base, start_pts, fps) for p in pts], dtype=np.int64)
+    order = np.argsort(idx)
+    is_key = np.asarray(key, dtype=bool)[order]
+    keyframes, first = np.unique(idx[order][is_key], return_index=True)
+    keyframe_pts = np.asarray(pts, dtype=np.int64)[order][is_key][first]
+    return ClipInfo(str(path), num_frames=int(idx.max()) + 1, fps=fps, width=width, height=height,
+                    keyframes=keyframes, keyframe_pts=keyframe_pts)
+
+
+def plan_decode(needed: np.ndarray, keyframes: np.ndarray, *, seek_cost: int = SEEK_COST_FRAMES) -> list[tuple[int, int]]:
+    """Decode runs [(seek_to_keyframe, last_frame), ...] covering the sorted unique `needed` frames.
+
+    Walking the needed frames in order, a run continues sequentially unless a keyframe after the
+    current position lets us skip more than `seek_cost` frames; a run then starts at the keyframe
+    at or before the next needed frame. Runs never overlap, so every frame is decoded at most once.
+    """
+    runs: list[tuple[int, int]] = []
+    pos = -1  # last decoded frame
+    for f in needed:
+        k = int(keyframes[np.searchsorted(keyframes, f, side="right") - 1]) if f >= keyframes[0] else 0
+        if not runs or (k > pos and (f - pos) > (f - k) + seek_cost):
+            runs.append((k, int(f)))
+        else:
+            runs[-1] = (runs[-1][0], int(f))
+        pos = int(f)
+    return runs
+
+
+@dataclass
+class DecodeStats:
+    """Frames decoded vs frames used (unique frames some window needs), per clip or summed."""
+
+    frames_decoded: int = 0
+    frames_used: int = 0
+    seeks: int = 0
+    decode_sec: float = 0.0
+    decoded_per_index: dict[int, int] = field(default_factory=dict, repr=False)  # only with track=True
+
+    def add(self, other: "DecodeStats") -> None:
+        self.frames_decoded += other.frames_decoded
+        self.frames_used += other.frames_used
+        self.seeks += other.seeks
+        self.decode_sec += other.decode_sec
+
+    @property
+    def decoded_per_used(self) -> float:
+        return self.frames_decoded / max(self.frames_used, 1)
+
+
+def decode_frames(path: Path | str, needed: Sequence[int], *, info: ClipInfo | None = None,
+                  seek_cost: int = SEEK_COST_FRAMES, track: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (frame_idx, rgb uint8 (H, W, 3)) for each needed frame, ascending, each decoded once.
+
+    The generator's `stats` are returned via StopIteration.value; use `ClipDecoder` for the usual path.
+
+    Raises:
+        DecodeError: a needed frame was never produced by the decoder (truncated or corrupt file).
+    """
+    import time
+
+    import av
+
+    t_start = time.perf_counter()
+    info = info or probe_clip(path)
+    needed_arr = np.unique(np.asarray(needed, dtype=np.int64))
+    stats = DecodeStats(frames_used=len(needed_arr))
+    if len(needed_arr) == 0:
+        return stats
+    runs = plan_decode(needed_arr, info.keyframes, seek_cost=seek_cost)
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            time_base = float(stream.time_base)
+            start_pts = stream.start_time or 0
+            cursor = 0  # position in needed_arr
+            for run_idx, (key_idx, last_idx) in enumerate(runs):
+                if run_idx > 0 or key_idx > 0:
+                    target = int(info.keyframe_pts[np.searchsorted(info.keyframes, key_idx)])
+                    container.seek(target, stream=stream, backward=True, any_frame=False)
+                    stats.seeks += 1
+                prev = -1
+                for frame in container.decode(stream):
+                    idx = _frame_index(frame.pts, time_base, start_pts, info.fps)
+                    if idx < prev:
+                        raise DecodeError(f"{path}: frame timestamps go backwards at frame {idx}")
+                    prev = idx
+                    stats.frames_decoded += 1
+                    if track:
+                        stats.decoded_per_index[idx] = stats.decoded_per_index.get(idx, 0) + 1
+                    if cursor < len(needed_arr) and needed_arr[cursor] < idx:
+                        raise DecodeError(f"{path}: frame {int(needed_arr[cursor])} missing from the stream")
+                    if cursor < len(needed_arr) and needed_arr[cursor] == idx:
+                        cursor += 1
+                        yield idx, frame.to_ndarray(format="rgb24")
+                    if idx >= last_idx:
+                        break
+            if cursor < len(needed_arr):
+                raise DecodeError(f"{path}: stream ended before frame {int(needed_arr[cursor])} "
+                                  f"({info.num_frames} frames expected)")
+    except av.error.FFmpegError as err:
+        raise DecodeError(f"{path}: decoding failed ({err})") from None
+    stats.decode_sec = time.perf_counter() - t_start
+    return stats
+
+
+@dataclass
+class WindowRequest:
+    """Frames one row needs: per extractor, (V, T) native frame indices and (V, 2) window seconds."""
+
+    row: int
+    frame_idx: dict[str, np.ndarray]
+    windows_sec: dict[str, np.ndarray]
+    flips: np.ndarray  # (V,) bool
+
+
+@dataclass
+class RowFrames:
+    """Decoded frames of one row: per extractor (V, T, H, W, 3) uint8 (flipped views already flipped)."""
+
+    row: int
+    frames: dict[str, np.ndarray]
+    windows_sec: dict[str, np.ndarray]
+
+
+def decode_rows(path: Path | str, requests: list[WindowRequest], *, info: ClipInfo | None = None,
+                track: bool = False, stats_out: DecodeStats | None = None) -> Iterator[RowFrames]:
+    """Decode the union of the frames of all `requests` once and yield each row as soon as its frames are in.
+
+    Frames are released when no pending row needs them, so memory stays at the frames of the rows
+    whose windows overlap the current position.
+    """
+    import time
+
+    needed_by_row = {r.row: np.unique(np.concatenate([ix.ravel() for ix in r.frame_idx.values()])) for r in requests}
+    pending = sorted(requests, key=lambda r: int(needed_by_row[r.row][-1]))
+    refcount: dict[int, int] = {}
+    for ix in needed_by_row.values():
+        for f in ix.tolist():
+            refcount[f] = refcount.get(f, 0) + 1
+    cache: dict[int, np.ndarray] = {}
+    gen = decode_frames(path, sorted(refcount), info=info, track=track)
+    head = 0
+    t_model = 0.0
+    try:
+        while True:
+            idx, rgb = next(gen)
+            cache[idx] = rgb
+            while head < len(pending) and needed_by_row[pending[head].row][-1] <= idx:
+                req = pending[head]
+                head += 1
+                out = {}
+                for name, ix in req.frame_idx.items():
+                    arr = np.stack([cache[int(f)] for f in ix.ravel()]).reshape(*ix.shape, *rgb.shape)
+                    if req.flips.any():
+                        arr[req.flips] = arr[req.flips][..., ::-1, :]
+                    out[name] = arr
+                for f in needed_by_row[req.row].tolist():
+                    refcount[f] -= 1
+                    if refcount[f] == 0:
+                        del cache[f]
+                t0 = time.perf_counter()
+                yield RowFrames(req.row, out, req.windows_sec)
+                t_model += time.perf_counter() - t0  # time the consumer held us, not decode time
+    except StopIteration as stop:
+        stats = stop.value or DecodeStats()
+        stats.decode_sec = max(stats.decode_sec - t_model, 0.0)
+        if stats_out is not None:
+            stats_out.add(stats)
+            stats_out.decoded_per_index.update(stats.decoded_per_index)
+
+
+def decode_window(path: Path | str, start_sec: float, end_sec: float, *, num_frames: int, sampling_rate: int,
+                  target_fps: float = 30.0, position: float | str = "center",
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """The (num_frames, H, W, 3) uint8 frames of one segment's window (fine-tuning / single-window use).
+
+    `position` is a float in [0, 1], "center" (0.5) or "random" (uniform start, the reference train
+    sampler, drawn from `rng`).
+    """
+    if position == "center":
+        position = 0.5
+    elif position == "random":
+        position = float((rng or np.random.default_rng()).uniform(0.0, 1.0))
+    info = probe_clip(path)
+    ix = window_frame_indices(start_sec, end_sec, num_frames=num_frames, sampling_rate=sampling_rate, fps=info.fps,
+                              position=float(position), target_fps=target_fps, num_clip_frames=info.num_frames)
+    frames = dict(decode_frames_all(path, ix, info=info))
+    return np.stack([frames[int(f)] for f in ix])
+
+
+def decode_frames_all(path: Path | str, needed: Sequence[int], *, info: ClipInfo | None = None) -> list[tuple[int, np.ndarray]]:
+    """`decode_frames` collected into a list."""
+    return list(decode_frames(path, needed, info=info))
