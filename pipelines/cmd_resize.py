@@ -1,0 +1,77 @@
+"""`lta resize data=DIR jobs=N`: clips_hq/*.mp4 -> clips/*.mp4 at short side 320 (the reference ffmpeg command)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from pipelines.common import run_command
+from pipelines.config import opt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResizeConfig:
+    data: str = opt("data/long_term_anticipation", "dataset root (reads clips_hq/, writes clips/)")
+    jobs: int = opt(2, "parallel ffmpeg processes (joblib) or number of shard jobs (local/slurm)")
+    short_side: int = opt(320, "output short side in pixels (reference: 320)")
+    crf: int = opt(28, "libx264 CRF (reference: 28)")
+    keyframe_interval: int = opt(30, "ffmpeg -g: frames between keyframes, bounds the cost of a seek")
+    preset: str = opt("medium", "libx264 preset (reference: the default, medium)")
+    launcher: str = opt("joblib", "joblib (this process) | local (submitit subprocesses) | slurm (submitit array)")
+    slurm_partition: str = opt("", "SLURM partition (launcher=slurm)")
+    slurm_cpus: int = opt(4, "CPUs per SLURM job")
+    slurm_mem_gb: int = opt(8, "memory per SLURM job")
+    slurm_time_min: int = opt(120, "time limit per SLURM job, minutes")
+    max_failed_frac: float = opt(0.0, "exit 1 when more than this fraction of clips failed")
+
+
+def resize_shard(args: tuple[str, list[str], dict, int]) -> list[dict]:
+    """One shard job (submitit): resize the given clips; returns the results as dicts."""
+    from extract.resize import ResizeParams, resize_many
+
+    data, uids, params, jobs = args
+    return [asdict(r) for r in resize_many(data, uids, ResizeParams(**params), jobs=jobs)]
+
+
+def _run(cfg: ResizeConfig) -> int:
+    from extract import launch
+    from extract.resize import ResizeParams, append_failures, list_raw_clips, write_manifest
+
+    params = ResizeParams(short_side=cfg.short_side, crf=cfg.crf, keyframe_interval=cfg.keyframe_interval, preset=cfg.preset)
+    data = Path(cfg.data)
+    uids = list_raw_clips(data)
+    t0 = time.perf_counter()
+    if cfg.launcher == "joblib":
+        results = resize_shard((str(data), uids, asdict(params), cfg.jobs))
+    elif cfg.launcher in launch.LAUNCHERS:
+        shards = [(str(data), uids[i::cfg.jobs], asdict(params), 1) for i in range(cfg.jobs) if uids[i::cfg.jobs]]
+        slurm = launch.SlurmParams(partition=cfg.slurm_partition, gpus_per_node=0, cpus_per_task=cfg.slurm_cpus,
+                                   mem_gb=cfg.slurm_mem_gb, timeout_min=cfg.slurm_time_min)
+        parts = launch.run_array(resize_shard, shards, launcher=cfg.launcher, folder=data / "clips" / ".submitit",
+                                 params=slurm, job_name="lta-resize")
+        results = [r for part in parts for r in part]
+    else:
+        print(f"lta resize: unknown launcher {cfg.launcher!r}; available: ['joblib', 'local', 'slurm']")
+        return 2
+    wall = time.perf_counter() - t0
+    write_manifest(data, params)
+    failed = [r for r in results if r["status"] == "failed"]
+    failures_path = data / "clips" / "failures.jsonl"
+    append_failures(failures_path, [{"stage": "resize", "clip_uid": r["clip_uid"], "reason": r["reason"],
+                                     "path": str(data / "clips_hq" / f"{r['clip_uid']}.mp4")} for r in failed])
+    count = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")}
+    video_h = sum(r["video_sec"] for r in results) / 3600
+    log.info("resize: %d done, %d skipped, %d failed of %d clips | %.2f h of video | %.1f s wall | %.2f clips/s%s",
+             count["done"], count["skipped"], count["failed"], len(results), video_h, wall,
+             len(results) / max(wall, 1e-9), f" | failures in {failures_path}" if failed else "")
+    for r in failed[:10]:
+        log.error("resize failed: %s: %s", r["clip_uid"], r["reason"])
+    return 1 if len(failed) > cfg.max_failed_frac * max(len(results), 1) else 0
+
+
+def main(argv: Sequence[str]) -> int:
+    return run_command("resize", ResizeConfig, argv, _run, "resize clips_hq -> clips (short side 320) with ffmpeg")
