@@ -1,0 +1,94 @@
+"""`lta import-checkpoint ckpt=PATH out=RUN_DIR`: a released Ego4D LTA checkpoint as a normal run dir.
+
+The aggregator, decoder and backbone head projection of `lta_slowfast_trf.ckpt` (or _concat, or
+`lta_mvit_concat.ckpt`) become a stage-two ForecastModel; `lta evaluate run=RUN_DIR` and
+`lta predict run=RUN_DIR` then reproduce the released baseline on cached features, with no training.
+The run records the cache key of the features it reads: those must come from the same checkpoint's
+backbone trunk (`lta extract ... weights=<the same .ckpt>`), because the LTA training kept updating
+the frozen backbone's BatchNorm statistics.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from pipelines.common import run_command
+from pipelines.config import opt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImportCheckpointConfig:
+    ckpt: str = opt("", "released LTA checkpoint: lta_slowfast_trf.ckpt, lta_slowfast_concat.ckpt, lta_mvit_concat.ckpt")
+    out: str = opt("runs/imported", "run dir to write (config.yaml, cache_keys.json, checkpoints/best.pt)")
+    store: str = opt("cache/features", "feature store root with the features extracted by this checkpoint's backbone")
+    cache_key: str = opt("", "cache key of those features (default: the one store under `store` that fits)")
+    modality: str = opt("", "modality name fed to the projection (default from MODEL.ARCH: slowfast or mvit)")
+    require_features: bool = opt(True, "fail when no fitting feature store exists (false: record an empty cache key)")
+
+
+def _find_cache_key(cfg: ImportCheckpointConfig, modality: str, feature_dim: int, ckpt_path: Path) -> str:
+    """The cache key of the one store whose name starts with `modality` and whose features are `feature_dim` wide."""
+    if cfg.cache_key:
+        return cfg.cache_key
+    root = Path(cfg.store)
+    stores = []
+    if root.is_dir():
+        from features.store import open_root
+
+        stores = [s for s in open_root(root) if s.name.startswith(modality) and s.feature_shape[-1] == feature_dim]
+    if len(stores) > 1:  # prefer stores whose spec names this checkpoint file (its weights source)
+        named = [s for s in stores if ckpt_path.name in json.dumps(s.spec, default=str)]
+        stores = named or stores
+    if len(stores) == 1:
+        return stores[0].key
+    if not stores and not cfg.require_features:
+        log.warning("no %s store with %d-d features under %s; the run records no cache key", modality, feature_dim, root)
+        return ""
+    found = [s.key for s in stores]
+    raise LookupError(
+        f"{'several' if found else 'no'} '{modality}' feature stores with {feature_dim}-d features "
+        f"under {root}{': ' + str(found) if found else ''}; "
+        + ("pass cache_key=KEY" if found else f"extract them first with weights={ckpt_path} or pass cache_key=KEY")
+    )
+
+
+def _run(cfg: ImportCheckpointConfig) -> int:
+    from features.checkpoint_io import describe, load_lightning_checkpoint
+    from train_heads.import_ckpt import import_lta_checkpoint
+    from train_heads.run import save_run
+
+    if not cfg.ckpt:
+        print("lta import-checkpoint: ckpt=PATH is required", file=sys.stderr)
+        return 2
+    ckpt_path = Path(cfg.ckpt)
+    ckpt = load_lightning_checkpoint(ckpt_path)
+    model, info = import_lta_checkpoint(ckpt, modality=cfg.modality or None)
+    try:
+        cache_key = _find_cache_key(cfg, info.modality, info.feature_dim, ckpt_path)
+    except LookupError as err:
+        print(f"lta import-checkpoint: {err}", file=sys.stderr)
+        return 2
+    full_cfg = {
+        "head": info.model_cfg,
+        "imported_from": {"ckpt": str(ckpt_path.resolve()), "config": describe(ckpt)},
+        "store": cfg.store,
+    }
+    path = save_run(cfg.out, model, full_cfg, {info.modality: cache_key},
+                    metrics={"imported_from": str(ckpt_path.resolve())}, extra_state={"epoch": ckpt.meta.get("epoch")})
+    m = info.model_cfg
+    print(f"imported {ckpt_path.name}: {m['aggregator']} aggregator + {m['decoder']} decoder (Z={m['num_future']}, "
+          f"{m['num_verbs']} verbs, {m['num_nouns']} nouns, N_in={m['num_input']}), projection "
+          f"{info.feature_dim}->{m['modalities'][0]['proj_dim']} on '{info.modality}' features "
+          f"(cache key {cache_key or 'none'}) -> {path}")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    return run_command("import-checkpoint", ImportCheckpointConfig, argv, _run,
+                       "turn a released Ego4D LTA checkpoint into a run dir (no training)")
