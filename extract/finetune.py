@@ -62,7 +62,7 @@ class TrainOptions:
     backbone: str = "slowfast_r101_8x8"
     init: str = "kinetics"
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str | None = "val"
     resized: bool = True
     lr: float | None = None
     epochs: int | None = None
@@ -229,7 +229,8 @@ def finetune(opts: TrainOptions) -> dict:
     """Train (or resume) a recognition run in `opts.out`; returns the last validation metrics and throughput.
 
     The returned dict has `step`, `val` ({verb_top1, verb_top5, noun_top1, noun_top5, loss} or {}),
-    `samples_per_sec`, `data_wait_share` (time blocked on the DataLoader / train-loop time).
+    `samples_per_sec`, `data_wait_share` (time blocked on the DataLoader / train-loop time), `spec`
+    and `model` (the trained RecognitionModel, unwrapped from DDP).
     """
     import torch
 
@@ -285,6 +286,7 @@ def finetune(opts: TrainOptions) -> dict:
     stop_step = min(plan.total_steps, opts.max_steps) if opts.max_steps else plan.total_steps
     val_metrics: dict = {}
     loop_start, loop_data, loop_samples = time.perf_counter(), 0.0, 0
+    epoch_losses: list[float] = []  # this process's step losses since the last validation
     while state.step < stop_step:
         epoch, step_in_epoch = divmod(state.step, plan.steps_per_epoch)
         train_ds.set_epoch(epoch)
@@ -316,6 +318,7 @@ def finetune(opts: TrainOptions) -> dict:
             optimizer.step()
             scheduler.step()
             state.step += 1
+            epoch_losses.append(loss_sum)
             state.step_sec += time.perf_counter() - t_step
             if writer is not None:
                 writer.add_scalar("train/loss", loss_sum, state.step)
@@ -334,6 +337,8 @@ def finetune(opts: TrainOptions) -> dict:
         if epoch_done and val_ds is not None and ((epoch + 1) % opts.val_every == 0 or state.step == plan.total_steps):
             val_metrics = evaluate(model, val_ds, batch_size=plan.micro_batch, num_workers=opts.num_workers, dist=dist,
                                    precision=opts.precision)
+            val_metrics["train_loss"] = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
+            epoch_losses = []
             if dist.is_main:
                 _log_val(out, writer, epoch, state.step, val_metrics)
         if dist.is_main and (epoch_done or state.step >= stop_step):
@@ -345,7 +350,7 @@ def finetune(opts: TrainOptions) -> dict:
     if writer is not None:
         writer.close()
     return {"step": state.step, "val": val_metrics, "samples_per_sec": loop_samples / elapsed if elapsed else 0.0,
-            "data_wait_share": loop_data / elapsed if elapsed else 0.0, "spec": spec}
+            "data_wait_share": loop_data / elapsed if elapsed else 0.0, "spec": spec, "model": model}
 
 
 def evaluate(model, dataset: RecognitionDataset, *, batch_size: int, num_workers: int, dist: DistInfo,
@@ -382,8 +387,9 @@ def evaluate(model, dataset: RecognitionDataset, *, batch_size: int, num_workers
 
 
 def _log_val(out: Path, writer, epoch: int, step: int, metrics: dict) -> None:
-    log.info("val epoch %d | step %d | verb top1 %.3f top5 %.3f | noun top1 %.3f top5 %.3f | loss %.4f",
-             epoch, step, metrics["verb_top1"], metrics["verb_top5"], metrics["noun_top1"], metrics["noun_top5"], metrics["loss"])
+    log.info("val epoch %d | step %d | verb top1 %.3f top5 %.3f | noun top1 %.3f top5 %.3f | loss %.4f | train loss %.4f",
+             epoch, step, metrics["verb_top1"], metrics["verb_top5"], metrics["noun_top1"], metrics["noun_top5"],
+             metrics["loss"], metrics["train_loss"])
     for k, v in metrics.items():
         writer.add_scalar(f"val/{k}", v, step)
     with open(out / "metrics.jsonl", "a") as f:

@@ -29,7 +29,7 @@ class FinetuneConfig:
     backbone: str = opt("slowfast_r101_8x8", "slowfast_r101_8x8 | slowfast_r50_8x8 | mvit_b_16x4")
     init: str = opt("kinetics", "kinetics[:PATH] | ego4d:PATH | random")
     train_split: str = opt("train", "split trained on")
-    val_split: str = opt("val", "split validated on each epoch ('' = none)")
+    val_split: Optional[str] = opt("val", "split validated each epoch (empty = none)")
     resized: bool = opt(True, "read clips/ (short side 320); false reads clips_hq/")
     lr: Optional[float] = opt(None, "base LR (default: the recipe's, 1e-4 SlowFast / 1e-2 MViT)")
     epochs: Optional[int] = opt(None, "epochs (default: 30 SlowFast / 40 MViT)")
@@ -96,8 +96,7 @@ class SlurmTrainJob:
         from extract.finetune import finetune
 
         result = finetune(self.opts)
-        result.pop("spec", None)
-        return result
+        return {k: v for k, v in result.items() if k not in ("spec", "model")}
 
     def checkpoint(self):
         import submitit
