@@ -15,6 +15,7 @@ All randomness of a sample (window position, scale, crop, flip) comes from a gen
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -49,7 +50,8 @@ def transform_clip(
     else:
         short = spec.short_side
     h, w = x.shape[-2:]
-    new_h, new_w = (short, int(round(w * short / h))) if h <= w else (int(round(h * short / w)), short)
+    # pytorchvideo short_side_scale: the long side is floored
+    new_h, new_w = (int(math.floor(h / w * short)), short) if w < h else (short, int(math.floor(w / h * short)))
     x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)  # C acts as batch, T as channels
     c = spec.crop_size
     if new_h < c or new_w < c:
@@ -57,7 +59,7 @@ def transform_clip(
     if train:
         top, left = int(rng.integers(0, new_h - c + 1)), int(rng.integers(0, new_w - c + 1))
     else:
-        top, left = (new_h - c) // 2, (new_w - c) // 2
+        top, left = int(round((new_h - c) / 2.0)), int(round((new_w - c) / 2.0))  # torchvision CenterCrop
     x = x[..., top : top + c, left : left + c]
     if train and rng.random() < flip_prob:
         x = x.flip(-1)

@@ -213,6 +213,20 @@ def test_exported_backbone_extracts_the_same_features(sample, tmp_path):
     assert torch.equal(got, expected)
     assert json.loads((tmp_path / "run" / SPEC_FILE).read_text())["extra"]["step"] == result["step"]
 
+    # the extraction path: `extract.extractors.SlowFastExtractor` (uint8 frames in, its own val transform)
+    # around the loaded backbone gives the features of the in-memory model on the training code's val transform
+    from extract.extractors import ExtractorSpec, SlowFastExtractor
+
+    ext_spec = ExtractorSpec(name="slowfast_r50_8x8.test", arch="slowfast_r50", num_frames=spec.num_frames,
+                             window_frames=spec.num_frames, sampling_rate=spec.sampling_rate, short_side=spec.short_side,
+                             crop_size=spec.crop_size, interpolation="bilinear", mean=spec.mean, std=spec.std,
+                             view_shape=(spec.feature_dim,), tapped_layer="pooled", weights=str(tmp_path / "run"))
+    extractor = SlowFastExtractor(ext_spec, loaded, "cpu")
+    ann = load_split(sample, "val")
+    frames = np.stack([decode.decode_window(sample / "clips_hq" / f"{ann.clip_uid[i]}.mp4", ann.start_sec[i], ann.end_sec[i],
+                                            num_frames=8, sampling_rate=8) for i in range(4)])
+    torch.testing.assert_close(extractor(frames), expected, rtol=1e-4, atol=1e-5)
+
 
 def test_cli_local_and_slurm_debug(sample, tmp_path, capsys):
     from pipelines.cmd_finetune import main
