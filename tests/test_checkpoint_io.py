@@ -192,3 +192,38 @@ def test_load_state_dict_strictly_reports_unexpected_keys():
     sd = {**model.state_dict(), "extra.weight": torch.zeros(1)}
     with pytest.raises(BackboneMismatchError, match=r"1 unexpected keys, first: \['extra.weight'\]"):
         load_state_dict_strictly(model, sd, source="x.ckpt")
+
+
+def test_import_concat_mvit_lta_checkpoint_matches_a_manual_forward():
+    """An lta_mvit_concat-style checkpoint (no aggregator weights) imports into the concat stage-two model."""
+    from extract.backbones import convert_mvit_state_dict
+    from train_heads.import_ckpt import import_lta_checkpoint
+
+    rec = load_lightning_checkpoint(reference_fixtures_dir() / "mvit_tiny_recognition.ckpt")
+    g = torch.Generator().manual_seed(0)
+    width, dim, num_input, z, (v, n) = 64, 24, 2, 3, rec.cfg["MODEL"]["NUM_CLASSES"]
+    sd = {"model.backbone." + k[len("model."):]: t for k, t in rec.state_dict.items() if ".head." not in f".{k}"}
+    sd["model.backbone.head.projection.weight"] = torch.randn(dim, width, generator=g)
+    sd["model.backbone.head.projection.bias"] = torch.randn(dim, generator=g)
+    for i in range(z):
+        sd[f"model.decoder.head.projections.{i}.weight"] = torch.randn(v + n, num_input * dim, generator=g)
+        sd[f"model.decoder.head.projections.{i}.bias"] = torch.randn(v + n, generator=g)
+    cfg = {**rec.cfg, "MODEL": {**rec.cfg["MODEL"], "MODEL_NAME": "ForecastingEncoderDecoder", "MULTI_INPUT_FEATURES": dim},
+           "FORECASTING": {"AGGREGATOR": "ConcatAggregator", "DECODER": "MultiHeadDecoder",
+                           "NUM_INPUT_CLIPS": num_input, "NUM_ACTIONS_TO_PREDICT": z}}
+    model, info = import_lta_checkpoint(LoadedCheckpoint(sd, cfg, {"path": "lta_mvit_concat.ckpt"}))
+    assert info.modality == "mvit" and info.feature_dim == width and info.model_cfg["aggregator"] == "concat"
+    converted, leftover = convert_mvit_state_dict(sd)  # the trunk `lta extract` runs
+    assert sorted(leftover) == sorted(k for k in sd if not k.startswith("model.backbone.") or ".head.projection." in k)
+    trunk, trunk_info = build_from_checkpoint(LoadedCheckpoint(sd, cfg, {"path": "lta_mvit_concat.ckpt"}))
+    assert trunk_info.feature_dim == width and trunk_info.head is None
+
+    feats = torch.randn(2, num_input, width, generator=g)
+    with torch.no_grad():
+        out = model({"mvit": feats})
+        clip = feats @ sd["model.backbone.head.projection.weight"].T + sd["model.backbone.head.projection.bias"]
+        flat = clip.flatten(1)  # (B, N_in * D), clips in order
+        logits = torch.stack([flat @ sd[f"model.decoder.head.projections.{i}.weight"].T
+                              + sd[f"model.decoder.head.projections.{i}.bias"] for i in range(z)], 1)
+    torch.testing.assert_close(out["verb"], logits[..., :v], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["noun"], logits[..., v:], rtol=1e-5, atol=1e-5)
