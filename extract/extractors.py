@@ -1,0 +1,424 @@
+"""Extractor registry: uint8 video windows in, embeddings out (SlowFast, MViT, CLIP).
+
+    create_extractor("slowfast_r101_8x8.ego4d", weights="ego4d_slowfast8x8.ckpt", device="cuda")
+    ext(frames)   # frames uint8 (N, T, H, W, 3) -> float32 (N, *ext.spec.view_shape)
+
+Names follow `arch.pretrain`. `list_extractors()` lists the registered ones; any `clip_<arch>.<tag>`
+also resolves dynamically (`clip_vit_b32.openai` -> open_clip `ViT-B-32` / `openai`).
+
+Weights (`weights=`): "default" = the name's pretrain source (pytorchvideo Kinetics URL, open_clip
+tag; `.ego4d` has none and needs a path), a local file path, or "random" (explicit only, seeded so
+every process builds the same net). The spec records the source and the file's sha256, so features
+of different weights never share a cache key.
+
+Preprocessing is batched tensor ops on the model's device:
+  video models: /255, Normalize(0.45, 0.225), ShortSideScale(short_side, bilinear), CenterCrop(crop)
+      (reference val/test transform, ego4d_lta.md §2.3; SlowFast packs slow = T/alpha frames).
+  CLIP: open_clip's eval `preprocess` as tensors: Resize(shortest side, bicubic, antialias) rounded to
+      uint8 as PIL does, CenterCrop, /255, CLIP mean/std. Matches the PIL path to ~1 uint8 level.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+KINETICS_ROOT = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
+VIDEO_MEAN, VIDEO_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """Everything that determines an extractor's output values (it all goes into the cache key)."""
+
+    name: str
+    arch: str  # builder arch, e.g. "slowfast_r101", "mvit_b_16x4", open_clip "ViT-B-32"
+    num_frames: int  # frames the model consumes per window
+    window_frames: int  # frames of the sampled window (num_frames are uniformly subsampled from them)
+    sampling_rate: int  # window duration = window_frames * sampling_rate / target_fps
+    short_side: int
+    crop_size: int
+    interpolation: str  # "bilinear" (pytorchvideo ShortSideScale) | "bicubic" (open_clip)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    view_shape: tuple[int, ...]  # per-window output shape: (D,) or (F, D)
+    tapped_layer: str
+    weights: str  # "random", a URL, an open_clip "arch/tag", or a file path
+    weights_sha256: str = ""
+    target_fps: float = 30.0
+    arch_kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_REGISTRY: dict[str, Callable[..., "Extractor"]] = {}
+
+
+def register_extractor(name: str) -> Callable[[Callable[..., "Extractor"]], Callable[..., "Extractor"]]:
+    """Decorator: register a builder `fn(*, weights, device, crop_size) -> Extractor` under `name`."""
+
+    def wrap(fn: Callable[..., "Extractor"]) -> Callable[..., "Extractor"]:
+        if name in _REGISTRY:
+            raise ValueError(f"extractor {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_extractors() -> list[str]:
+    """Registered names (any `clip_<open_clip arch>.<tag>` works too)."""
+    return sorted(_REGISTRY)
+
+
+def create_extractor(name: str, *, weights: str = "default", device: str = "cpu", crop_size: int | None = None) -> "Extractor":
+    """Build extractor `name` on `device` (heavy imports happen here).
+
+    Args:
+        weights: "default" (the name's pretrain source), "random", or a checkpoint path.
+        crop_size: override of the spec's crop (CPU-sized runs); short side scales with it.
+
+    Raises:
+        ValueError: unknown name (lists the available ones) or weights the name cannot use.
+        FileNotFoundError: a weights path that does not exist.
+        RuntimeError: device "cuda" without a GPU; default weights that cannot be downloaded.
+    """
+    if name in _REGISTRY:
+        builder = _REGISTRY[name]
+    elif name.startswith("clip_") and "." in name:
+        builder = lambda **kw: ClipExtractor.build(name, **kw)  # noqa: E731
+    else:
+        raise ValueError(f"unknown extractor {name!r}; available: {list_extractors()} or clip_<open_clip arch>.<tag>")
+    check_device(device)
+    return builder(weights=weights, device=device, crop_size=crop_size)
+
+
+def check_device(device: str) -> None:
+    """Refuse a CUDA device when there is no GPU (never fall back to the CPU silently)."""
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but torch sees no CUDA GPU; pass device=cpu to run on the CPU")
+
+
+def sha256_file(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fetch_url(url: str) -> Path:
+    """Download `url` into torch's hub cache (once); RuntimeError naming the URL when offline."""
+    import torch
+
+    dst = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not dst.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(dst), progress=True)
+        except Exception as err:
+            raise RuntimeError(f"cannot download {url} ({type(err).__name__}: {err}); on an offline machine pass "
+                               f"weights=PATH to a local copy, or weights=random for tests") from None
+    return dst
+
+
+def _seeded_build(fn: Callable[[], Any]) -> Any:
+    """Build with a fixed seed without touching the caller's RNG state (same random net in every process)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        return fn()
+
+
+def _scaled_short_side(short_side: int, crop_size: int, default_crop: int) -> int:
+    return short_side if crop_size == default_crop else int(round(crop_size * short_side / default_crop))
+
+
+def center_crop(x: "torch.Tensor", size: int) -> "torch.Tensor":
+    """Center crop of the last two dims, offsets `int(round((h - size) / 2))` as torchvision."""
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"cannot center-crop {size} from {h}x{w}")
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return x[..., top:top + size, left:left + size]
+
+
+class Extractor:
+    """A frozen model plus its preprocessing: `__call__(uint8 (N, T, H, W, 3)) -> float32 (N, *view_shape)` on CPU."""
+
+    def __init__(self, spec: ExtractorSpec, model: "torch.nn.Module", device: str) -> None:
+        import torch
+
+        self.spec = spec
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec.name!r}, weights={self.spec.weights!r}, device={self.device})"
+
+    def preprocess(self, frames: "torch.Tensor") -> Any:
+        raise NotImplementedError
+
+    def forward(self, inputs: Any) -> "torch.Tensor":
+        raise NotImplementedError
+
+    def __call__(self, frames: Any) -> "torch.Tensor":
+        import torch
+
+        frames = torch.as_tensor(frames)
+        if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"{self.spec.name}: expected uint8 frames (N, T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
+        if frames.shape[1] != self.spec.num_frames:
+            raise ValueError(f"{self.spec.name}: expected {self.spec.num_frames} frames per window, got {frames.shape[1]}")
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = self.forward(self.preprocess(frames.to(self.device, non_blocking=True)))
+        return out.float().cpu().reshape(len(frames), *self.spec.view_shape)
+
+
+class VideoExtractor(Extractor):
+    """Reference val/test transform for the video backbones, as batched tensor ops."""
+
+    def preprocess(self, frames: "torch.Tensor") -> "torch.Tensor":
+        import torch
+        import torch.nn.functional as F
+
+        s = self.spec
+        n, t, h, w, _ = frames.shape
+        x = frames.permute(0, 1, 4, 2, 3).reshape(n * t, 3, h, w).float()  # (N*T, 3, H, W)
+        # pytorchvideo short_side_scale: floor of the long side, bilinear, align_corners=False
+        new_h, new_w = (int(math.floor(h / w * s.short_side)), s.short_side) if w < h else (s.short_side, int(math.floor(w / h * s.short_side)))
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        x = center_crop(x, s.crop_size)
+        mean = torch.tensor(s.mean, device=x.device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(s.std, device=x.device).view(1, 3, 1, 1) * 255.0
+        x = (x - mean) / std
+        return x.reshape(n, t, 3, s.crop_size, s.crop_size).transpose(1, 2).contiguous()  # (N, 3, T, S, S)
+
+
+class SlowFastExtractor(VideoExtractor):
+    """Pooled slow+fast features before the head (2304-d for R50/R101), slow pathway = T/alpha frames."""
+
+    ALPHA = 4
+
+    @classmethod
+    def build(cls, name: str, *, depth: int, weights: str, device: str, crop_size: int | None) -> "SlowFastExtractor":
+        from extract import backbones
+
+        pretrain = name.split(".", 1)[1]
+        crop = crop_size or 224
+        kwargs = dict(depth=depth, fusion_kernel_size=7 if depth == 50 else 5, num_frames=32, crop_size=crop)
+        model = _seeded_build(lambda: backbones.build_slowfast(**kwargs))
+        source, sha = _load_video_weights(model, name, pretrain, weights,
+                                          url=f"{KINETICS_ROOT}/SLOWFAST_8x8_R{depth}.pyth", arch="slowfast")
+        spec = ExtractorSpec(
+            name=name, arch=f"slowfast_r{depth}", num_frames=32, window_frames=32, sampling_rate=2,
+            short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
+            mean=VIDEO_MEAN, std=VIDEO_STD, view_shape=(2304,), tapped_layer="blocks.5 PoolConcatPathway (slow, fast)",
+            weights=source, weights_sha256=sha, arch_kwargs=tuple(sorted(kwargs.items())),
+        )
+        return cls(spec, model, device)
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        t = x.shape[2]
+        slow_idx = torch.linspace(0, t - 1, t // self.ALPHA, device=x.device).long()  # UniformTemporalSubsample
+        return self.model([x.index_select(2, slow_idx), x])  # fresh list every call
+
+
+class MViTExtractor(VideoExtractor):
+    """MViT-B 16x4: the 768-d class token after the final norm."""
+
+    @classmethod
+    def build(cls, name: str, *, weights: str, device: str, crop_size: int | None) -> "MViTExtractor":
+        from extract import backbones
+
+        pretrain = name.split(".", 1)[1]
+        crop = crop_size or 224
+        kwargs = dict(spatial_size=crop, temporal_size=16)
+        model = _seeded_build(lambda: backbones.build_mvit(**kwargs))
+        source, sha = _load_video_weights(model, name, pretrain, weights, url=f"{KINETICS_ROOT}/MVIT_B_16x4.pyth", arch="mvit")
+        spec = ExtractorSpec(
+            name=name, arch="mvit_b_16x4", num_frames=16, window_frames=16, sampling_rate=4,
+            short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
+            mean=VIDEO_MEAN, std=VIDEO_STD, view_shape=(768,), tapped_layer="cls token after final norm",
+            weights=source, weights_sha256=sha, arch_kwargs=tuple(sorted(kwargs.items())),
+        )
+        return cls(spec, model, device)
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        return self.model(x)
+
+
+def _load_video_weights(model: Any, name: str, pretrain: str, weights: str, *, url: str, arch: str) -> tuple[str, str]:
+    """Load `weights` into a video backbone; returns (source, sha256)."""
+    import torch
+
+    from extract import backbones
+
+    if weights == "random":
+        return "random", ""
+    if weights == "default":
+        if pretrain == "ego4d":
+            raise ValueError(f"{name}: no download for Ego4D weights; pass weights=PATH to the released Lightning "
+                             f"checkpoint (e.g. ego4d_{'slowfast8x8' if arch == 'slowfast' else 'mvit16x4'}.ckpt)")
+        path = _fetch_url(url)
+        source = url
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: weights file {path} not found")
+        source = str(path.resolve())
+    if pretrain == "ego4d":
+        backbones.load_backbone_checkpoint(model, path, arch)
+    else:  # pytorchvideo checkpoint: {"model_state": ...} in pytorchvideo naming; drop the classifier
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        state = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else ckpt
+        head = ("blocks.6.",) if arch == "slowfast" else ("head.",)
+        own_head = [k for k in model.state_dict() if k.startswith(head)]
+        state = {k: v for k, v in state.items() if not k.startswith(head) or k in own_head}
+        backbones.load_state_dict_strictly(model, state, source=str(path))
+    return source, sha256_file(path)
+
+
+class ClipExtractor(Extractor):
+    """open_clip image tower, one embedding per frame: (N, F, D) (not L2-normalised)."""
+
+    @classmethod
+    def build(cls, name: str, *, weights: str, device: str, crop_size: int | None, num_frames: int = 8) -> "ClipExtractor":
+        import open_clip
+
+        arch, tag = resolve_clip_name(name)
+        pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+        quick_gelu = bool(pretrained_cfg.get("quick_gelu", False))
+        extra = {"force_image_size": crop_size} if crop_size else {}
+        if weights == "random":
+            model = _seeded_build(lambda: open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu, **extra))
+            source, sha = "random", ""
+        elif weights == "default":
+            try:
+                path = open_clip.pretrained.download_pretrained(pretrained_cfg)
+            except Exception as err:
+                raise RuntimeError(f"{name}: cannot fetch open_clip weights {arch}/{tag} ({type(err).__name__}: {err}); "
+                                   "offline? pass weights=PATH to a local copy, or weights=random for tests") from None
+            if not path:
+                raise RuntimeError(f"{name}: open_clip has no download for {arch}/{tag}")
+            model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, **extra)
+            source, sha = f"open_clip:{arch}/{tag}", sha256_file(path)
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise FileNotFoundError(f"{name}: weights file {path} not found")
+            model = open_clip.create_model(arch, pretrained=str(path), force_quick_gelu=quick_gelu, **extra)
+            source, sha = str(path.resolve()), sha256_file(path)
+        cfg = model.visual.preprocess_cfg
+        size = int(cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else cfg["size"])
+        if cfg.get("resize_mode", "shortest") != "shortest":
+            raise ValueError(f"{name}: open_clip resize_mode {cfg['resize_mode']!r} is not reproduced (only 'shortest')")
+        dim = int(model.visual.output_dim)
+        spec = ExtractorSpec(
+            name=name, arch=arch, num_frames=num_frames, window_frames=32, sampling_rate=2, short_side=size,
+            crop_size=size, interpolation=str(cfg.get("interpolation", "bicubic")), mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]), view_shape=(num_frames, dim), tapped_layer="encode_image (after projection)",
+            weights=source, weights_sha256=sha, arch_kwargs=(("force_quick_gelu", quick_gelu), ("tag", tag)),
+        )
+        return cls(spec, model.visual, device)
+
+    def preprocess(self, frames: "torch.Tensor") -> "torch.Tensor":
+        import torch
+        import torch.nn.functional as F
+
+        s = self.spec
+        n, t, h, w, _ = frames.shape
+        x = frames.permute(0, 1, 4, 2, 3).reshape(n * t, 3, h, w).float()
+        # torchvision Resize(size): short side -> size, long side int(size * long / short)
+        new_h, new_w = (s.short_side, int(s.short_side * w / h)) if h <= w else (int(s.short_side * h / w), s.short_side)
+        if (new_h, new_w) != (h, w):
+            x = F.interpolate(x, size=(new_h, new_w), mode=s.interpolation, align_corners=False, antialias=True)
+            x = x.round().clamp_(0, 255)  # PIL resizes in uint8
+        x = center_crop(x, s.crop_size) / 255.0
+        mean = torch.tensor(s.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(s.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std  # (N*F, 3, S, S)
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        return self.model(x)
+
+
+def resolve_clip_name(name: str) -> tuple[str, str]:
+    """`clip_vit_b32.openai` -> ("ViT-B-32", "openai"): the open_clip architecture matching after dropping
+    case, '-' and '_'. Raises ValueError listing close matches, or the tags open_clip knows for the arch."""
+    import open_clip
+
+    m = re.fullmatch(r"clip_([A-Za-z0-9_\-]+)\.([A-Za-z0-9_\-]+)", name)
+    if not m:
+        raise ValueError(f"bad CLIP extractor name {name!r}; expected clip_<open_clip arch>.<pretrained tag>")
+    squash = lambda s: re.sub(r"[-_]", "", s).lower()  # noqa: E731
+    archs = {squash(a): a for a in open_clip.list_models()}
+    arch = archs.get(squash(m.group(1)))
+    if arch is None:
+        near = [a for k, a in archs.items() if k.startswith(squash(m.group(1))[:4])][:10]
+        raise ValueError(f"unknown open_clip architecture {m.group(1)!r} in {name!r}; e.g. {near or open_clip.list_models()[:10]}")
+    tag = m.group(2)
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if tag not in tags:
+        raise ValueError(f"open_clip has no pretrained tag {tag!r} for {arch}; available: {tags}")
+    return arch, tag
+
+
+# -- the registry --------------------------------------------------------------------------------------
+@register_extractor("slowfast_r50_8x8.kinetics")
+def slowfast_r50_8x8_kinetics(**kw: Any) -> Extractor:
+    return SlowFastExtractor.build("slowfast_r50_8x8.kinetics", depth=50, **kw)
+
+
+@register_extractor("slowfast_r101_8x8.kinetics")
+def slowfast_r101_8x8_kinetics(**kw: Any) -> Extractor:
+    return SlowFastExtractor.build("slowfast_r101_8x8.kinetics", depth=101, **kw)
+
+
+@register_extractor("slowfast_r101_8x8.ego4d")
+def slowfast_r101_8x8_ego4d(**kw: Any) -> Extractor:
+    return SlowFastExtractor.build("slowfast_r101_8x8.ego4d", depth=101, **kw)
+
+
+@register_extractor("mvit_b_16x4.kinetics")
+def mvit_b_16x4_kinetics(**kw: Any) -> Extractor:
+    return MViTExtractor.build("mvit_b_16x4.kinetics", **kw)
+
+
+@register_extractor("mvit_b_16x4.ego4d")
+def mvit_b_16x4_ego4d(**kw: Any) -> Extractor:
+    return MViTExtractor.build("mvit_b_16x4.ego4d", **kw)
+
+
+@register_extractor("clip_vit_b32.openai")
+def clip_vit_b32_openai(**kw: Any) -> Extractor:
+    return ClipExtractor.build("clip_vit_b32.openai", **kw)
+
+
+@register_extractor("clip_vit_b16.openai")
+def clip_vit_b16_openai(**kw: Any) -> Extractor:
+    return ClipExtractor.build("clip_vit_b16.openai", **kw)
+
+
+@register_extractor("clip_vit_l14.openai")
+def clip_vit_l14_openai(**kw: Any) -> Extractor:
+    return ClipExtractor.build("clip_vit_l14.openai", **kw)
