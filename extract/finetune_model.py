@@ -219,7 +219,11 @@ def init_backbone(backbone: "nn.Module", spec: BackboneSpec, init: str) -> str:
         else:
             if spec.name not in KINETICS_URLS:
                 raise ValueError(f"no Kinetics weights known for {spec.name!r}")
-            state = torch.hub.load_state_dict_from_url(KINETICS_URLS[spec.name], map_location="cpu")
+            try:
+                state = torch.hub.load_state_dict_from_url(KINETICS_URLS[spec.name], map_location="cpu")
+            except OSError as err:  # URLError is an OSError
+                raise RuntimeError(f"cannot fetch Kinetics weights {KINETICS_URLS[spec.name]} ({err}); offline? "
+                                   "pass init=kinetics:PATH to a local copy, or init=random explicitly") from None
             source = KINETICS_URLS[spec.name]
         state = state.get("model_state", state.get("state_dict", state))
         _load_without_head(backbone, state, source)
