@@ -1,0 +1,127 @@
+"""Extractor registry: every architecture with random weights on CPU at small crops (budget ~40 s)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from extract import extractors
+from extract.extractors import create_extractor, list_extractors
+
+CHEAP = [  # one per class, small crops; R101 / ViT-B-16 / ViT-L-14 differ only in widths
+    ("slowfast_r50_8x8.kinetics", 64, (2304,)),
+    ("mvit_b_16x4.kinetics", 64, (768,)),
+    ("clip_vit_b32.openai", 64, (8, 512)),
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("name,crop,shape", CHEAP)
+def test_shapes_finite_batch_invariant_deterministic(name, crop, shape):
+    ext = create_extractor(name, weights="random", crop_size=crop)
+    assert ext.spec.view_shape == shape and ext.spec.crop_size == crop and ext.spec.weights == "random"
+    frames = np.random.default_rng(0).integers(0, 256, (4, ext.spec.num_frames, 72, 90, 3), dtype=np.uint8)
+    out = ext(frames)
+    assert out.dtype == torch.float32 and tuple(out.shape) == (4, *shape)
+    assert torch.isfinite(out).all() and out.abs().max() > 0
+    one_by_one = torch.cat([ext(frames[i:i + 1]) for i in range(4)])
+    torch.testing.assert_close(out, one_by_one, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(out[0], out[1])  # different inputs, different features
+    again = create_extractor(name, weights="random", crop_size=crop)  # seeded: same net in every process
+    torch.testing.assert_close(again(frames[:1]), out[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_registry_names_and_errors():
+    names = list_extractors()
+    for required in ["slowfast_r50_8x8.kinetics", "slowfast_r101_8x8.kinetics", "slowfast_r101_8x8.ego4d",
+                     "mvit_b_16x4.kinetics", "mvit_b_16x4.ego4d", "clip_vit_b32.openai", "clip_vit_b16.openai",
+                     "clip_vit_l14.openai"]:
+        assert required in names
+    with pytest.raises(ValueError, match=r"unknown extractor 'resnet9.x'; available: \["):
+        create_extractor("resnet9.x")
+    assert extractors.resolve_clip_name("clip_vit_b16.openai") == ("ViT-B-16", "openai")
+    assert extractors.resolve_clip_name("clip_vit_l14.openai") == ("ViT-L-14", "openai")
+    assert extractors.resolve_clip_name("clip_RN50.openai") == ("RN50", "openai")
+    with pytest.raises(ValueError, match="no pretrained tag 'nope'.*openai"):
+        extractors.resolve_clip_name("clip_vit_b32.nope")
+    with pytest.raises(ValueError, match="needs|pass weights=PATH"):
+        create_extractor("slowfast_r101_8x8.ego4d", weights="default", crop_size=64)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        create_extractor("mvit_b_16x4.ego4d", weights="/no/such.ckpt", crop_size=64)
+
+
+def test_cuda_without_gpu_is_an_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        create_extractor("clip_vit_b32.openai", weights="random", device="cuda")
+
+
+def test_dynamic_clip_name_and_spec_in_cache_key():
+    from features.store import cache_key
+
+    ext = create_extractor("clip_rn50.openai", weights="random", crop_size=64)
+    assert ext.spec.arch == "RN50" and ext.spec.view_shape == (8, 1024)
+    assert tuple(ext(np.zeros((1, 8, 64, 64, 3), np.uint8)).shape) == (1, 8, 1024)
+    other = create_extractor("clip_rn50.openai", weights="random", crop_size=96)
+    assert cache_key(ext.spec.name, ext.spec.to_dict()) != cache_key(other.spec.name, other.spec.to_dict())
+
+
+def test_kinetics_checkpoint_file_loads_strictly(tmp_path):
+    """A pytorchvideo-format checkpoint ({"model_state": ...}, with its classifier) loads; its sha256 is recorded."""
+    src = create_extractor("mvit_b_16x4.kinetics", weights="random", crop_size=64)
+    state = {k: v + 0.01 for k, v in src.model.state_dict().items()}
+    state["head.proj.weight"], state["head.proj.bias"] = torch.zeros(400, 768), torch.zeros(400)
+    path = tmp_path / "MVIT_B_16x4.pyth"
+    torch.save({"model_state": state}, path)
+    ext = create_extractor("mvit_b_16x4.kinetics", weights=str(path), crop_size=64)
+    assert ext.spec.weights == str(path.resolve()) and ext.spec.weights_sha256 == extractors.sha256_file(path)
+    assert torch.equal(ext.model.state_dict()["cls_positional_encoding.cls_token"], state["cls_positional_encoding.cls_token"])
+    bad = dict(state)
+    bad.pop("cls_positional_encoding.cls_token")
+    torch.save({"model_state": bad}, path)
+    with pytest.raises(Exception, match="missing keys.*cls_token"):
+        create_extractor("mvit_b_16x4.kinetics", weights=str(path), crop_size=64)
+
+
+def _natural_frames(tmp_path, n=3, w=200, h=150):
+    """Smooth gradients + shapes + noise, through a lossy x264 round trip (what real decoded frames look like)."""
+    import av
+
+    yy, xx = np.mgrid[0:h, 0:w]
+    path = tmp_path / "n.mp4"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=30, options={"crf": "23"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            img = np.stack([xx * 255 / w, yy * 255 / h, 128 + 100 * np.sin((xx + yy + 9 * i) / 13)], -1)
+            img[(xx - 60 - 5 * i) ** 2 + (yy - 70) ** 2 < 900] = (240, 30, 60)
+            img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def test_clip_preprocessing_matches_open_clip_pil(tmp_path):
+    """Tensor preprocessing vs open_clip's PIL `preprocess`: within 1.5 uint8 levels (max) / 0.3 level (mean),
+    the difference between PIL's and torch's antialiased bicubic kernels after uint8 rounding."""
+    import open_clip
+    from PIL import Image
+
+    _, _, preprocess = open_clip.create_model_and_transforms("ViT-B-32", pretrained=None)
+    ext = create_extractor("clip_vit_b32.openai", weights="random")
+    frames = _natural_frames(tmp_path)
+    ref = torch.stack([preprocess(Image.fromarray(f)) for f in frames])  # (F, 3, 224, 224)
+    ours = ext.preprocess(torch.as_tensor(np.stack(frames))[None])  # (1*F, 3, 224, 224)
+    std = torch.tensor(ext.spec.std).view(1, 3, 1, 1)
+    levels = ((ours - ref) * std * 255).abs()  # difference in uint8 levels
+    assert ours.shape == ref.shape
+    assert levels.max() <= 1.5 and levels.mean() < 0.3, (levels.max(), levels.mean())
