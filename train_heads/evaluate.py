@@ -1,0 +1,105 @@
+"""Inference and scoring: a model's K sequences per generation strategy, recognition, and ED metrics.
+
+Everything is batched; `forecast_split` runs the model once per batch and applies every requested
+generator to the batch's logits, so memory stays bounded for any split size. Metric names say what
+each number is: `<method>.<what>`, e.g. `model.sample.action_ed`, `frequency_prior.verb_aued`.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from features.metric import lta_metrics
+from train_heads.data import DeviceWindows, FeatureBank, iterate_batches
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when `enabled`; a no-op on the CPU (fp32 there, deterministic)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class SplitForecast:
+    sequences: dict[str, tuple[np.ndarray, np.ndarray]]  # generator name -> (verb (W,K,Z), noun (W,K,Z))
+    observed_verb: np.ndarray | None  # (W, N_in) recognised verbs (argmax of the recognition head)
+    observed_noun: np.ndarray | None
+
+
+@torch.no_grad()
+def forecast_split(model: torch.nn.Module, data: DeviceWindows, bank: FeatureBank, *, generators: dict[str, Any],
+                   k: int = 5, seed: int = 0, batch_size: int = 512, amp: bool = True) -> SplitForecast:
+    """K sequences per window for each generator (view 0, eval mode, seeded draws)."""
+    was_training = model.training
+    model.eval()
+    rngs = {name: torch.Generator(device="cpu").manual_seed(seed + i) for i, name in enumerate(generators)}
+    seqs: dict[str, list] = {name: [] for name in generators}
+    obs_v, obs_n = [], []
+    for batch in iterate_batches(data, bank, batch_size=batch_size, train=False):
+        with autocast(data.device, amp):
+            out = model(batch.inputs)
+        verb_logits, noun_logits = out["verb"].float().cpu(), out["noun"].float().cpu()
+        for name, gen in generators.items():
+            seqs[name].append(gen.generate(verb_logits, noun_logits, k=k, rng=rngs[name]))
+        if "obs_verb" in out:
+            obs_v.append(out["obs_verb"].argmax(-1).cpu().numpy())
+            obs_n.append(out["obs_noun"].argmax(-1).cpu().numpy())
+    model.train(was_training)
+    z = data.future_verb.shape[1]
+    empty = np.zeros((0, k, z), dtype=np.int64)
+    sequences = {name: (np.concatenate([v for v, _ in parts]) if parts else empty,
+                        np.concatenate([n for _, n in parts]) if parts else empty) for name, parts in seqs.items()}
+    has_rec = bool(obs_v) or (len(data) == 0 and getattr(model, "recognition", None) is not None)
+    n_in = data.observed_rows.shape[1]
+    return SplitForecast(
+        sequences,
+        np.concatenate(obs_v) if obs_v else (np.zeros((0, n_in), np.int64) if has_rec else None),
+        np.concatenate(obs_n) if obs_n else (np.zeros((0, n_in), np.int64) if has_rec else None),
+    )
+
+
+def score_sequences(prefix: str, verb: np.ndarray, noun: np.ndarray, future_verb: np.ndarray,
+                    future_noun: np.ndarray, *, num_nouns: int) -> dict[str, Any]:
+    """ED@Z and AUED for verbs, nouns and actions, and the mean ED@z curves, under `<prefix>.`."""
+    m = lta_metrics(verb, noun, future_verb, future_noun, num_nouns=num_nouns)
+    return {f"{prefix}.{name}": value for name, value in m.items() if name != "num_samples"}
+
+
+def recognition_accuracy(prefix: str, pred_verb: np.ndarray, pred_noun: np.ndarray, verb: np.ndarray,
+                         noun: np.ndarray) -> dict[str, float]:
+    """Top-1 verb / noun / action accuracy over the observed segments of the windows."""
+    if verb.size == 0:
+        return {}
+    return {
+        f"{prefix}.verb_acc": float((pred_verb == verb).mean()),
+        f"{prefix}.noun_acc": float((pred_noun == noun).mean()),
+        f"{prefix}.action_acc": float(((pred_verb == verb) & (pred_noun == noun)).mean()),
+    }
+
+
+def plot_ed_curves(metrics: dict[str, Any], path: str, *, title: str = "") -> None:
+    """PNG of the mean action ED@z, z = 1..Z, for every method in `metrics` (`*.action_ed_curve`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, what in zip(axes, ("verb", "noun", "action")):
+        for name, curve in sorted(metrics.items()):
+            if name.endswith(f".{what}_ed_curve") and curve:
+                ax.plot(np.arange(1, len(curve) + 1), curve, label=name[: -len(f".{what}_ed_curve")])
+        ax.set_xlabel("z (forecast prefix length)")
+        ax.set_ylabel(f"{what} ED@z")
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,161 @@
+"""The forecasting head: per-modality input projection, fusion, aggregator, decoder, recognition head.
+
+    inputs[m] (B, N_in, D_m) or (B, N_in, F, D_m) per-frame
+      -> frame pooling (mean, or learned attention pooling) -> (B, N_in, D_m)
+      -> InputProjection: dropout, Linear(D_m -> P_m)   (the reference backbone head 2304->2048 / 768->768)
+      -> concat over modalities -> (B, N_in, sum P_m)   (Video+CLIP: 2048 + 512 = 2560)
+      -> aggregator -> (B, D') ; decoder -> {"verb": (B, Z, V), "noun": (B, Z, N)}
+      -> recognition head on each fused observed token -> {"obs_verb": (B, N_in, V), "obs_noun": ...}
+
+`build_model(model_cfg)` is the only place a config becomes constructor arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from train_heads.aggregators import create_aggregator
+from train_heads.decoders import create_decoder
+
+
+@dataclass
+class ModalityConfig:
+    name: str = "slowfast"  # extractor family; picks the store key whose name starts with it
+    proj_dim: int = 0  # output of the trainable input projection; 0 = no projection (keep D)
+    dropout: float = 0.5  # dropout before the projection (reference backbone head: 0.5)
+    frame_pool: str = "mean"  # per-frame features (F, D): "mean" or "attention"
+    in_dim: int = 0  # feature dim D, filled from the store at train time
+    frames: int = 0  # frames F for per-frame features (0 = one vector per segment), filled from the store
+
+
+@dataclass
+class ModelConfig:
+    modalities: list[ModalityConfig] = field(default_factory=lambda: [ModalityConfig()])
+    num_input: int = 2  # observed segments N_in
+    num_future: int = 20  # forecast length Z
+    aggregator: str = "concat"  # registered aggregator: concat, mean, transformer
+    aggregator_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 6, heads: 8}
+    decoder: str = "multihead"  # registered decoder: multihead, query
+    decoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    recognition: bool = True  # auxiliary (verb, noun) head on each observed segment
+    num_verbs: int = 0  # filled from the taxonomy at train time
+    num_nouns: int = 0
+
+
+class InputProjection(nn.Module):
+    """Dropout then Linear(in_dim -> out_dim), like the reference's backbone head; identity when out_dim is 0."""
+
+    def __init__(self, *, in_dim: int, out_dim: int, dropout: float = 0.5):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(in_dim, out_dim) if out_dim else nn.Identity()
+        self.out_dim = out_dim or in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.dropout(x))
+
+
+class AttentionPool(nn.Module):
+    """A learned query attends over a segment's frame features (Das & Ryoo's CLIP attention).
+
+    (B, N_in, F, D) -> (B, N_in, D); `depth` rounds of multi-head attention, each followed by
+    Linear + dropout with a residual on the query.
+    """
+
+    def __init__(self, *, dim: int, heads: int = 4, depth: int = 3, dropout: float = 0.2):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.attn = nn.ModuleList(nn.MultiheadAttention(dim, heads, batch_first=True) for _ in range(depth))
+        self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout)) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, f, d = x.shape
+        frames = x.reshape(b * n, f, d)
+        q = self.query.expand(b * n, 1, d)
+        for attn, ffn in zip(self.attn, self.ffn):
+            a, _ = attn(q, frames, frames, need_weights=False)
+            q = q + ffn(a)
+        return q.reshape(b, n, d)
+
+
+class MeanFramePool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(2)
+
+
+class ForecastModel(nn.Module):
+    """Forecasting head over cached features; see the module docstring for shapes."""
+
+    def __init__(self, *, modalities: list[ModalityConfig], num_input: int, num_future: int, num_verbs: int,
+                 num_nouns: int, aggregator: str, aggregator_kwargs: dict, decoder: str, decoder_kwargs: dict,
+                 recognition: bool = True):
+        super().__init__()
+        if not modalities:
+            raise ValueError("ForecastModel needs at least one modality")
+        if num_verbs < 1 or num_nouns < 1:
+            raise ValueError(f"num_verbs/num_nouns must be set (got {num_verbs}, {num_nouns})")
+        self.modality_names = [m.name for m in modalities]
+        self.num_verbs, self.num_nouns, self.num_future = num_verbs, num_nouns, num_future
+        self.frame_pools = nn.ModuleDict()
+        self.inputs = nn.ModuleDict()
+        for m in modalities:
+            if m.in_dim < 1:
+                raise ValueError(f"modality {m.name!r}: in_dim is not set (it comes from the feature store)")
+            if m.frames:
+                if m.frame_pool == "attention":
+                    self.frame_pools[m.name] = AttentionPool(dim=m.in_dim)
+                elif m.frame_pool == "mean":
+                    self.frame_pools[m.name] = MeanFramePool()
+                else:
+                    raise ValueError(f"modality {m.name!r}: unknown frame_pool {m.frame_pool!r}; available: ['attention', 'mean']")
+            self.inputs[m.name] = InputProjection(in_dim=m.in_dim, out_dim=m.proj_dim, dropout=m.dropout)
+        fused_dim = sum(p.out_dim for p in self.inputs.values())
+        self.aggregator = create_aggregator(aggregator, dim=fused_dim, num_input=num_input, **aggregator_kwargs)
+        self.decoder = create_decoder(decoder, dim_in=self.aggregator.out_dim, token_dim=self.aggregator.token_dim,
+                                      num_future=num_future, num_verbs=num_verbs, num_nouns=num_nouns, **decoder_kwargs)
+        self.recognition = nn.Linear(fused_dim, num_verbs + num_nouns) if recognition else None
+
+    def fuse(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """modality -> (B, N_in, [F,] D_m) -> fused observed tokens (B, N_in, sum P_m)."""
+        parts = []
+        for name in self.modality_names:
+            x = inputs[name]
+            if name in self.frame_pools:
+                x = self.frame_pools[name](x)
+            parts.append(self.inputs[name](x))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        fused = self.fuse(inputs)  # (B, N_in, D)
+        tokens = self.aggregator.encode(fused)
+        out = self.decoder(self.aggregator.pool(tokens), tokens)
+        if self.recognition is not None:
+            rec = self.recognition(fused)  # (B, N_in, V+N)
+            out["obs_verb"], out["obs_noun"] = rec[..., :self.num_verbs], rec[..., self.num_verbs:]
+        return out
+
+
+def model_config_from_dict(cfg: ModelConfig | dict) -> ModelConfig:
+    """A ModelConfig from itself or a plain dict (e.g. read from a run's config.yaml)."""
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    cfg = dict(cfg)
+    cfg["modalities"] = [m if isinstance(m, ModalityConfig) else ModalityConfig(**m) for m in cfg.get("modalities", [])]
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+    return ModelConfig(**cfg)
+
+
+def build_model(model_cfg: ModelConfig | dict) -> ForecastModel:
+    """The single factory from a head config to a `ForecastModel`."""
+    c = model_config_from_dict(model_cfg)
+    return ForecastModel(modalities=c.modalities, num_input=c.num_input, num_future=c.num_future,
+                         num_verbs=c.num_verbs, num_nouns=c.num_nouns, aggregator=c.aggregator,
+                         aggregator_kwargs=dict(c.aggregator_kwargs), decoder=c.decoder,
+                         decoder_kwargs=dict(c.decoder_kwargs), recognition=c.recognition)

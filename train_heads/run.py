@@ -1,0 +1,136 @@
+"""Run directories: everything a trained (or imported) head needs to be evaluated, resumed or reproduced.
+
+    <run>/config.yaml         resolved config (the command's schema; `head` rebuilds the model)
+    <run>/cache_keys.json     {"modalities": {modality: cache key}} the features the head was trained on
+    <run>/checkpoints/best.pt {"model", "head", "cache_keys", "epoch", "metrics", ...}
+    <run>/checkpoints/last.pt the same plus optimizer, scheduler and RNG states (resume)
+    <run>/metrics.json        training metrics (val per epoch, best); metrics_<split>.json from `lta evaluate`
+    <run>/tensorboard/        TensorBoard event files
+
+Checkpoints hold only tensors and plain containers, so they load with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+CONFIG_FILE = "config.yaml"
+CACHE_KEYS_FILE = "cache_keys.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _plain(cfg: Any) -> dict:
+    from omegaconf import OmegaConf
+
+    if dataclasses.is_dataclass(cfg):
+        return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+    if not isinstance(cfg, dict):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return json.loads(json.dumps(cfg, default=lambda o: _plain(o)))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def checkpoint_path(run_dir: str | Path, name: str = "best") -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"{name}.pt"
+
+
+def save_checkpoint(run_dir: str | Path, name: str, state: dict) -> Path:
+    """Atomically write `checkpoints/<name>.pt` (temp file + rename)."""
+    import torch
+
+    path = checkpoint_path(run_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_run(run_dir: str | Path, model: Any, cfg: Any, cache_keys: dict[str, str] | Sequence[str], *,
+             metrics: dict | None = None, checkpoint: str = "best", extra_state: dict | None = None) -> Path:
+    """Write (or update) a run dir: config, cache keys, metrics and a model checkpoint.
+
+    Args:
+        model: a `ForecastModel` (its `modality_names` order pairs with a list of cache keys).
+        cfg: the full resolved config (dataclass or dict); its `head` section must rebuild `model`.
+        cache_keys: modality -> cache key, or a list in the model's modality order.
+        metrics: merged into `metrics.json`.
+        checkpoint: checkpoint name ("best", "last", ...).
+        extra_state: added to the checkpoint (optimizer, scheduler, RNG states, epoch...).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_dict = _plain(cfg)
+    if "head" not in cfg_dict:
+        raise ValueError("save_run: cfg has no 'head' section (the model config)")
+    if not isinstance(cache_keys, dict):
+        names = list(getattr(model, "modality_names", []))
+        if len(names) != len(cache_keys):
+            raise ValueError(f"save_run: {len(cache_keys)} cache keys for modalities {names}")
+        cache_keys = dict(zip(names, cache_keys))
+    from omegaconf import OmegaConf
+
+    _atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
+    _atomic_write_text(run_dir / CACHE_KEYS_FILE, json.dumps({"modalities": dict(cache_keys)}, indent=1) + "\n")
+    if metrics is not None:
+        merged = read_metrics(run_dir)
+        merged.update(metrics)
+        _atomic_write_text(run_dir / METRICS_FILE, json.dumps(merged, indent=1) + "\n")
+    state = {"model": model.state_dict(), "head": cfg_dict["head"], "cache_keys": dict(cache_keys),
+             "metrics": metrics or {}}
+    state.update(extra_state or {})
+    return save_checkpoint(run_dir, checkpoint, state)
+
+
+def read_metrics(run_dir: str | Path, name: str = METRICS_FILE) -> dict:
+    path = Path(run_dir) / name
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass
+class Run:
+    run_dir: Path
+    cfg: dict  # resolved config
+    cache_keys: dict[str, str]  # modality -> cache key
+    model: Any  # ForecastModel in eval mode
+    checkpoint: dict  # the loaded checkpoint (weights removed)
+    metrics: dict
+
+
+def load_checkpoint(run_dir: str | Path, name: str = "best", *, map_location: str = "cpu") -> dict:
+    import torch
+
+    path = checkpoint_path(run_dir, name)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint '{name}' in run dir {run_dir}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_run(run_dir: str | Path, *, checkpoint: str = "best", device: str = "cpu") -> Run:
+    """Rebuild the model of a run dir from its config and load the checkpoint strictly."""
+    from omegaconf import OmegaConf
+
+    from train_heads.model import build_model
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: not a run dir (no {CONFIG_FILE})")
+    cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)
+    ckpt = load_checkpoint(run_dir, checkpoint, map_location=device)
+    model = build_model(ckpt["head"])
+    model.load_state_dict(ckpt.pop("model"), strict=True)
+    model.to(device).eval()
+    keys_path = run_dir / CACHE_KEYS_FILE
+    cache_keys = json.loads(keys_path.read_text())["modalities"] if keys_path.is_file() else dict(ckpt["cache_keys"])
+    return Run(run_dir=run_dir, cfg=cfg, cache_keys=cache_keys, model=model, checkpoint=ckpt, metrics=read_metrics(run_dir))
