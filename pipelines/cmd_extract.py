@@ -1,0 +1,130 @@
+"""`lta extract data=DIR store=ROOT extractors=[...]`: decode each window once, cache embeddings in the store."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from pipelines.common import run_command
+from pipelines.config import opt, to_yaml
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractConfig:
+    data: str = opt("data/long_term_anticipation", "dataset root (annotations/, clips/)")
+    store: str = opt("cache/features", "feature store root; one <key>.zarr per extractor")
+    extractors: list[str] = opt(["slowfast_r101_8x8.ego4d", "clip_vit_b32.openai"], "registry names (see extract.extractors)")
+    splits: list[str] = opt(["train", "val", "test"], "annotation splits whose segments become rows")
+    views: int = opt(1, "temporal views per segment; view 0 is the centred window")
+    flip_views: bool = opt(False, "add a horizontally flipped copy of every view (views must be even)")
+    device: str = opt("cuda", "cuda | cpu (no silent fallback)")
+    batch_size: int = opt(32, "windows per model forward")
+    shard: str = opt("0/1", "i/n: process the chunk-aligned row range of shard i of n")
+    weights: str = opt("default", "default | random | PATH for all, or NAME:VALUE,NAME:VALUE per extractor")
+    crop_size: int = opt(0, "crop override for every extractor (0: spec default; CPU-sized runs)")
+    decode_workers: int = opt(2, "background decode threads")
+    dtype: str = opt("float16", "stored dtype: float16 | float32")
+    chunk_rows: int = opt(64, "store chunk rows (the unit of a shard's row range)")
+    raw_clips: bool = opt(False, "read clips_hq/ instead of the resized clips/")
+    max_failed_frac: float = opt(0.01, "exit 1 when more than this fraction of rows failed")
+    launcher: str = opt("none", "none (this process) | local (submitit subprocesses) | slurm (submitit job array)")
+    num_shards: int = opt(1, "shard jobs for launcher=local|slurm")
+    slurm_partition: str = opt("", "SLURM partition")
+    slurm_gpus: int = opt(1, "GPUs per shard job")
+    slurm_cpus: int = opt(10, "CPUs per shard job")
+    slurm_mem_gb: int = opt(32, "memory per shard job (GB)")
+    slurm_time_min: int = opt(240, "time limit per shard job (minutes)")
+    progress: bool = opt(True, "tqdm progress bar over clips")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_weights(text: str, extractors: Sequence[str]) -> dict[str, str]:
+    """'random' -> every extractor; 'a.b:PATH,c.d:default' -> per extractor (others: default)."""
+    if ":" not in text or Path(text).exists():
+        return {name: text for name in extractors}
+    out = {}
+    for item in text.split(","):
+        name, _, value = item.partition(":")
+        if name not in extractors:
+            raise ValueError(f"weights names {name!r}, which is not among extractors={list(extractors)}")
+        out[name] = value
+    return out
+
+
+def run_shard(cfg: ExtractConfig) -> dict:
+    """One shard in this process; returns the summary as a dict (also the body of a submitit job)."""
+    from extract.pipeline import run_extraction
+    from pipelines.cli import setup_logging
+
+    setup_logging()
+    shard, num_shards = parse_shard(cfg.shard)
+    summary = run_extraction(
+        data_dir=cfg.data, store_root=cfg.store, extractors=cfg.extractors, splits=cfg.splits, num_views=cfg.views,
+        flip_views=cfg.flip_views, device=cfg.device, batch_size=cfg.batch_size, shard=shard, num_shards=num_shards,
+        weights=parse_weights(cfg.weights, cfg.extractors), crop_size=cfg.crop_size or None,
+        decode_workers=cfg.decode_workers, dtype=cfg.dtype, chunk_rows=cfg.chunk_rows, resized=not cfg.raw_clips, progress=cfg.progress,
+    )
+    log.info(summary.line())
+    out = asdict(summary)
+    out["decoded_per_used"] = summary.decode.decoded_per_used
+    out.pop("decode")
+    return out
+
+
+def _failed_too_many(summaries: list[dict], cfg: ExtractConfig) -> bool:
+    failed = sum(s["rows_failed"] for s in summaries)
+    total = sum(s["rows_total"] for s in summaries)
+    if failed:
+        log.error("%d of %d rows failed; reasons in %s", failed, total, summaries[0]["failures_path"])
+    return failed > cfg.max_failed_frac * max(total, 1)
+
+
+def _run(cfg: ExtractConfig) -> int:
+    from extract import launch
+    from extract.pipeline import verify_stores
+
+    try:
+        parse_shard(cfg.shard)
+        parse_weights(cfg.weights, cfg.extractors)
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    Path(cfg.store).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.store) / "extract_config.yaml").write_text(to_yaml(cfg))
+    if cfg.launcher == "none":
+        summaries = [run_shard(cfg)]
+    elif cfg.launcher in launch.LAUNCHERS:
+        shard_cfgs = [ExtractConfig(**{**asdict(cfg), "shard": f"{i}/{cfg.num_shards}", "launcher": "none", "progress": False})
+                      for i in range(cfg.num_shards)]
+        params = launch.SlurmParams(partition=cfg.slurm_partition, gpus_per_node=cfg.slurm_gpus, cpus_per_task=cfg.slurm_cpus,
+                                    mem_gb=cfg.slurm_mem_gb, timeout_min=cfg.slurm_time_min)
+        summaries = launch.run_array(run_shard, shard_cfgs, launcher=cfg.launcher, folder=Path(cfg.store) / ".submitit",
+                                     params=params, job_name="lta-extract")
+        missing = verify_stores(cfg.store, summaries[0]["store_keys"])
+        failed = sum(s["rows_failed"] for s in summaries)
+        log.info("verify: %s rows unfilled per store (%d rows recorded as failed)", missing, failed)
+        for key, n in missing.items():
+            if n > failed:
+                log.error("store %s is incomplete: %d rows unfilled, only %d recorded failures", key, n, failed)
+                return 1
+    else:
+        log.error("unknown launcher %r; available: ['none', 'local', 'slurm']", cfg.launcher)
+        return 2
+    (Path(cfg.store) / "extract_summary.json").write_text(json.dumps(summaries, indent=1, default=str) + "\n")
+    return 1 if _failed_too_many(summaries, cfg) else 0
+
+
+def main(argv: Sequence[str]) -> int:
+    return run_command("extract", ExtractConfig, argv, _run,
+                       "decode each window once and cache SlowFast / MViT / CLIP embeddings")
