@@ -48,6 +48,7 @@ class ExtractSummary:
     wall_sec: float = 0.0
     model_sec: float = 0.0
     wait_sec: float = 0.0  # main thread blocked on the decode queue
+    loop_sec: float = 0.0  # decode + model + write, without model building / store creation
     windows: int = 0
     decode: decode.DecodeStats = field(default_factory=decode.DecodeStats)
     store_keys: list[str] = field(default_factory=list)
@@ -243,6 +244,7 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
             del closed[uid]
             bar.update(1)
 
+    t_loop = time.perf_counter()
     bar = tqdm(total=len(clip_rows), desc="extract", unit="clip", disable=not progress)
     try:
         alive = len(workers)
@@ -297,6 +299,7 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
         _append_failures(failures_path, failures)
     assert not closed, f"clips left unwritten: {list(closed)[:5]}"
     summary.wall_sec = time.perf_counter() - t_start
+    summary.loop_sec = time.perf_counter() - t_loop
     return summary
 
 
