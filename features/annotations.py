@@ -277,5 +277,6 @@ def annotation_path(data_dir: Path | str, split: str) -> Path:
 
 def load_split(data_dir: Path | str, split: str, taxonomy: Taxonomy | None = None) -> SplitAnnotations:
     """Load `<data>/annotations/fho_lta_<split>.json` with the taxonomy from the same folder."""
+    path = annotation_path(data_dir, split)  # unknown split names fail before any file is read
     taxonomy = taxonomy or load_taxonomy(Path(data_dir) / ANNOTATION_DIR / TAXONOMY_FILE)
-    return parse_split(annotation_path(data_dir, split), split, taxonomy)
+    return parse_split(path, split, taxonomy)

@@ -90,7 +90,9 @@ def parse_config(schema: type[T], argv: Sequence[str]) -> T:
         raise
     except OmegaConfBaseException as err:
         msg = str(err).splitlines()[0]
-        raise ConfigError(f"{msg} (see `lta ... --help` for the keys)") from None
+        key = getattr(err, "full_key", None)
+        where = f"key '{key}': " if key and f"'{key}'" not in msg else ""
+        raise ConfigError(f"{where}{msg} (see `lta ... --help` for the keys)") from None
     return obj  # type: ignore[return-value]
 
 

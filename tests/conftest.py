@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny synthetic Ego4D LTA sample (with and without videos)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from features.synthetic import write_sample
+
+# 5 clips (3 train / 1 val / 1 test) of 28-30 segments of 1.0-1.6 s at 160x120: every clip has
+# windows for 8 observed + 20 future segments, and rendering takes a few seconds.
+TINY_SAMPLE = dict(clips=5, seed=123, segments_per_clip=(28, 30), segment_sec=(1.0, 1.6), width=160, height=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_sample(tmp_path_factory) -> Path:
+    """Root of a tiny sample with annotations and clips_hq/*.mp4, written once per session."""
+    root = tmp_path_factory.mktemp("tiny_sample")
+    write_sample(root, **TINY_SAMPLE)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_annotations(tmp_path_factory) -> Path:
+    """Root of a 6-clip sample with annotations only (no videos), default clip lengths."""
+    root = tmp_path_factory.mktemp("sample_annotations")
+    write_sample(root, clips=6, seed=7, videos=False)
+    return root
