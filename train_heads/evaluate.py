@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -103,3 +103,44 @@ def plot_ed_curves(metrics: dict[str, Any], path: str, *, title: str = "") -> No
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def evaluate_split(model: torch.nn.Module | None, *, train_set: Any, windows: Any, bank: FeatureBank,
+                   generators: dict[str, Any], baselines: Sequence[str] = ("frequency_prior", "markov", "knn_retrieval"),
+                   k: int = 5, seed: int = 0, batch_size: int = 512, amp: bool = True,
+                   device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Model (per generator) and no-training baselines side by side on one labelled split.
+
+    The Markov baseline is fed with the model's recognised observed actions (`markov`), with a kNN
+    classifier's (`markov_knn`) and, as an upper bound, with the true observed labels (`markov_oracle`).
+    """
+    from train_heads.baselines import KNNRecognizer, create_baseline
+    from train_heads.data import DeviceWindows
+
+    num_nouns = train_set.num_nouns
+    fv, fn = windows.future_verb, windows.future_noun
+    metrics: dict[str, Any] = {"num_windows": len(windows), "num_dropped_windows": len(windows.dropped_keys)}
+    recognised: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if model is not None:
+        data = DeviceWindows(windows, device)
+        fc = forecast_split(model, data, bank.to(device), generators=generators, k=k, seed=seed,
+                            batch_size=batch_size, amp=amp)
+        for name, (verb, noun) in fc.sequences.items():
+            metrics.update(score_sequences(f"model.{name}", verb, noun, fv, fn, num_nouns=num_nouns))
+        if fc.observed_verb is not None:
+            recognised["markov"] = (fc.observed_verb, fc.observed_noun)
+            metrics.update(recognition_accuracy("model.recognition", fc.observed_verb, fc.observed_noun,
+                                                windows.observed_verb, windows.observed_noun))
+    knn = KNNRecognizer(seed=seed).fit(train_set)
+    recognised["markov_knn"] = knn.predict(windows, bank)
+    metrics.update(recognition_accuracy("knn.recognition", *recognised["markov_knn"], windows.observed_verb,
+                                        windows.observed_noun))
+    recognised["markov_oracle"] = (windows.observed_verb, windows.observed_noun)
+    for name in baselines:
+        baseline = create_baseline(name).fit(train_set)
+        variants = [v for v in recognised if v.startswith("markov")] if name == "markov" else [name]
+        for variant in variants:
+            rng = torch.Generator().manual_seed(seed)
+            verb, noun = baseline.predict(windows, bank, k=k, rng=rng, recognised=recognised.get(variant))
+            metrics.update(score_sequences(variant, verb, noun, fv, fn, num_nouns=num_nouns))
+    return metrics

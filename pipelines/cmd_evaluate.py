@@ -1,0 +1,73 @@
+"""`lta evaluate`: ED@Z of a run per generation strategy and of the no-training baselines, side by side."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from pipelines.common import run_command
+from pipelines.config import opt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluateConfig:
+    run: str = opt("runs/head", "run dir (from train-heads or import-checkpoint)")
+    split: str = opt("val", "labelled split to score")
+    checkpoint: str = opt("best", "checkpoint name in <run>/checkpoints")
+    generators: list[str] = opt(["sample", "greedy+sample", "mbr", "mbr_set"], "generation strategies to score")
+    temperature: float = opt(1.0, "sampling temperature for every generator")
+    mbr_samples: int = opt(64, "draws per window for the mbr generators")
+    baselines: list[str] = opt(["frequency_prior", "markov", "knn_retrieval"], "no-training baselines to score")
+    data: str = opt("", "dataset root (default: the run's)")
+    store: str = opt("", "feature store root (default: the run's)")
+    device: str = opt("cpu", "device for the model")
+    seed: int = opt(0, "seed of the sampled sequences")
+
+
+def _run(cfg: EvaluateConfig) -> int:
+    from train_heads.baselines import TrainingSet
+    from train_heads.evaluate import evaluate_split, plot_ed_curves
+    from train_heads.generators import create_generator
+    from train_heads.inputs import load_bank, split_windows
+    from train_heads.run import load_run
+
+    run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
+    rc = run.cfg
+    data, store = cfg.data or rc["data"], cfg.store or rc["store"]
+    head = rc["head"]
+    bank = load_bank(store, run.cache_keys, splits=["train", cfg.split])
+    train_ann, train_win = split_windows(data, "train", bank, num_input=head["num_input"], num_future=head["num_future"],
+                                         num_seen=None, convention="plus_one")
+    ann, win = split_windows(data, cfg.split, bank, num_input=head["num_input"], num_future=head["num_future"],
+                             num_seen=max(rc.get("num_seen", 0), head["num_input"]), convention=rc.get("convention", "plus_one"))
+    if not win.labelled:
+        raise ValueError(f"split {cfg.split!r} has no labels ({ann.path}); evaluate needs a labelled split, use `lta predict`")
+    train_set = TrainingSet(train_ann, train_win, bank, train_ann.taxonomy.num_verbs, train_ann.taxonomy.num_nouns)
+    generators = {}
+    for name in cfg.generators:
+        kw = {"temperature": cfg.temperature}
+        if name.startswith("mbr"):
+            kw["num_samples"] = cfg.mbr_samples
+        generators[name] = create_generator(name, **kw)
+    metrics = evaluate_split(run.model, train_set=train_set, windows=win, bank=bank, generators=generators,
+                             baselines=cfg.baselines, k=rc.get("train", {}).get("num_sequences", 5), seed=cfg.seed,
+                             device=cfg.device)
+    metrics.update({"run": str(run.run_dir), "split": cfg.split, "checkpoint": cfg.checkpoint,
+                    "cache_keys": run.cache_keys})
+    out = Path(cfg.run) / f"metrics_{cfg.split}.json"
+    out.write_text(json.dumps(metrics, indent=1) + "\n")
+    plot_ed_curves(metrics, str(Path(cfg.run) / f"ed_curve_{cfg.split}.png"), title=f"{run.run_dir.name} on {cfg.split}")
+    rows = sorted((v, k[: -len(".action_ed")]) for k, v in metrics.items() if k.endswith(".action_ed"))
+    print(f"{'method':<28} {'verb ED':>8} {'noun ED':>8} {'action ED':>9}  ({cfg.split}, {len(win)} windows)")
+    for action, name in rows:
+        print(f"{name:<28} {metrics[name + '.verb_ed']:>8.4f} {metrics[name + '.noun_ed']:>8.4f} {action:>9.4f}")
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    return run_command("evaluate", EvaluateConfig, argv, _run, "ED@20 of a run and the no-training baselines")

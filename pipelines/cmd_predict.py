@@ -1,0 +1,86 @@
+"""`lta predict`: the challenge outputs.json of a run for every expected key of a split.
+
+Keys come from `features.windows.build_windows` with the run's `num_seen` and convention. Windows
+whose observed segments lack features get the documented fallback -- K draws from the training
+frequency prior -- and are listed in `<out>.fallback.json` and the log, never dropped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from pipelines.common import run_command
+from pipelines.config import opt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictConfig:
+    run: str = opt("runs/head", "run dir")
+    split: str = opt("test", "split to predict (any split)")
+    out: str = opt("outputs.json", "challenge file to write")
+    checkpoint: str = opt("best", "checkpoint name in <run>/checkpoints")
+    generator: str = opt("sample", "generation strategy (sample = reference)")
+    temperature: float = opt(1.0, "sampling temperature")
+    mbr_samples: int = opt(64, "draws per window for the mbr generators")
+    data: str = opt("", "dataset root (default: the run's)")
+    store: str = opt("", "feature store root (default: the run's)")
+    device: str = opt("cpu", "device for the model")
+    seed: int = opt(0, "seed of the sampled sequences")
+
+
+def _run(cfg: PredictConfig) -> int:
+    import numpy as np
+    import torch
+
+    from features.annotations import load_split
+    from features.submission import read_predictions, validate_predictions, write_predictions
+    from features.windows import build_windows
+    from train_heads.baselines import FrequencyPrior, TrainingSet
+    from train_heads.data import DeviceWindows
+    from train_heads.evaluate import forecast_split
+    from train_heads.generators import create_generator
+    from train_heads.inputs import load_bank, split_windows
+    from train_heads.run import load_run
+
+    run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
+    rc, head = run.cfg, run.cfg["head"]
+    data, store = cfg.data or rc["data"], cfg.store or rc["store"]
+    num_seen, convention = max(rc.get("num_seen", 0), head["num_input"]), rc.get("convention", "plus_one")
+    k, z = rc.get("train", {}).get("num_sequences", 5), head["num_future"]
+    ann = load_split(data, cfg.split)
+    expected = build_windows(ann, num_input=num_seen, num_future=z, num_seen=num_seen, convention=convention).keys
+    bank = load_bank(store, run.cache_keys, splits=[cfg.split])
+    _, win = split_windows(data, cfg.split, bank, num_input=head["num_input"], num_future=z, num_seen=num_seen,
+                           convention=convention)
+    kw = {"temperature": cfg.temperature, **({"num_samples": cfg.mbr_samples} if cfg.generator.startswith("mbr") else {})}
+    fc = forecast_split(run.model, DeviceWindows(win, cfg.device), bank.to(cfg.device),
+                        generators={cfg.generator: create_generator(cfg.generator, **kw)}, k=k, seed=cfg.seed)
+    verb, noun = fc.sequences[cfg.generator]
+    predicted = dict(zip(win.keys, range(len(win))))
+    fallback = [key for key in expected if key not in predicted]
+    train_ann = load_split(data, "train")
+    prior = FrequencyPrior().fit(TrainingSet(train_ann, None, None, ann.taxonomy.num_verbs, ann.taxonomy.num_nouns))
+    fb_verb, fb_noun = prior.predict_keys(len(fallback), z, k=k, rng=torch.Generator().manual_seed(cfg.seed))
+    fb_index = {key: i for i, key in enumerate(fallback)}
+    out_verb = np.stack([verb[predicted[key]] if key in predicted else fb_verb[fb_index[key]] for key in expected]) \
+        if expected else np.zeros((0, k, z), np.int64)
+    out_noun = np.stack([noun[predicted[key]] if key in predicted else fb_noun[fb_index[key]] for key in expected]) \
+        if expected else np.zeros((0, k, z), np.int64)
+    write_predictions(cfg.out, expected, out_verb, out_noun)
+    validate_predictions(read_predictions(cfg.out), ann.taxonomy, expected, K=k, Z=z, source=cfg.out)
+    if fallback:
+        log.warning("%d of %d keys lack features; frequency-prior fallback, e.g. %s", len(fallback), len(expected), fallback[:3])
+    Path(str(cfg.out) + ".fallback.json").write_text(json.dumps(
+        {"fallback": "frequency_prior", "reason": "observed segments without cached features", "keys": fallback}, indent=1) + "\n")
+    print(f"wrote {cfg.out}: {len(expected)} keys ({len(expected) - len(fallback)} from the model, "
+          f"{len(fallback)} frequency-prior fallback), generator {cfg.generator}")
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    return run_command("predict", PredictConfig, argv, _run, "write the challenge outputs.json of a run")
