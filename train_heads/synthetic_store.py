@@ -29,13 +29,14 @@ def write_synthetic_dataset(data_dir: str | Path, *, seed: int = 0, clips: int =
 
 def write_synthetic_stores(data_dir: str | Path, root: str | Path, plan, *, modalities: dict | None = None,
                            num_views: int = 2, noise: float = 1.0, verb_scale: float = 1.0, noun_scale: float = 1.0,
-                           chunk_rows: int = 1024, seed: int = 0) -> dict[str, str]:
+                           chunk_rows: int = 1024, seed: int = 0, missing_rows: dict[str, list[int]] | None = None) -> dict[str, str]:
     """One store per modality under `root` for all rows of train/val/test; returns modality -> cache key.
 
     Args:
         plan: the `SamplePlan` the annotations were written from (its labels include test).
         modalities: modality -> (store name, view shape), default `DEFAULT_MODALITIES`.
         noise: std of the per-view (and per-frame) Gaussian noise, relative to unit-variance class embeddings.
+        missing_rows: modality -> row indices left unwritten (as if extraction failed there).
     """
     modalities = modalities or DEFAULT_MODALITIES
     anns = [load_split(data_dir, s) for s in ("train", "val", "test")]
@@ -63,7 +64,10 @@ def write_synthetic_stores(data_dir: str | Path, root: str | Path, plan, *, moda
             base = base.reshape(hi - lo, 1, *([1] * (len(view_shape) - 1)), dim)
             feats = base + noise * rng.standard_normal(shape, dtype=np.float32)
             windows = np.stack([rows.start_sec[lo:hi], rows.end_sec[lo:hi]], axis=1)[:, None, :].repeat(num_views, 1)
-            store.write(lo, feats, windows)
+            skip = np.isin(np.arange(lo, hi), (missing_rows or {}).get(modality, []))
+            for run in np.split(np.flatnonzero(~skip), np.flatnonzero(np.diff(np.flatnonzero(~skip)) != 1) + 1):
+                if len(run):
+                    store.write(lo + int(run[0]), feats[run], windows[run])
         store.close()
         keys[modality] = key
     return keys

@@ -1,0 +1,167 @@
+"""Stage two end to end on synthetic stores with a learnable grammar (CPU, ~1 minute).
+
+Features = class embeddings of (verb, noun) + noise; sequences come from the Markov task grammar
+of features.synthetic. A trained head must beat the frequency prior clearly; predict -> score must
+round-trip; resume must equal an uninterrupted run bit for bit.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from features.annotations import load_split
+from features.store import RowTable
+from pipelines import cmd_evaluate, cmd_predict, cmd_score, cmd_sweep, cmd_train_heads
+from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+
+torch.set_num_threads(1)
+MODALITIES = {"slowfast": ("slowfast_r101_8x8.synthetic", (64,)), "clip": ("clip_vit_b32.synthetic", (4, 32))}
+TRAIN_ARGS = ["head.num_input=2", "head.aggregator=concat", "train.epochs=30", "train.lr=2e-3", "train.warmup_steps=5",
+              "train.log_every=5", "train.batch_size=32", "num_seen=4"]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heads")
+    plan = write_synthetic_dataset(root / "data", clips=40, seed=3)
+    anns = [load_split(root / "data", s) for s in ("train", "val", "test")]
+    rows = RowTable.from_annotations(anns)
+    test_rows = np.flatnonzero(rows.split == "test")
+    missing = [int(test_rows[10]), int(test_rows[11])]  # two test segments whose extraction "failed"
+    keys = write_synthetic_stores(root / "data", root / "store", plan, modalities=MODALITIES, noise=2.0,
+                                  missing_rows={"slowfast": missing})
+    return {"root": root, "data": root / "data", "store": root / "store", "keys": keys, "missing": missing, "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def trained(sample):
+    run = sample["root"] / "run"
+    argv = [f"data={sample['data']}", f"store={sample['store']}", f"out={run}",
+            "head.modalities=[{name: slowfast, proj_dim: 64}, {name: clip, frame_pool: attention, dropout: 0.1}]",
+            *TRAIN_ARGS]
+    assert cmd_train_heads.main(argv) == 0
+    return run
+
+
+def test_run_dir_contents(trained, sample):
+    names = {p.name for p in trained.iterdir()}
+    assert {"config.yaml", "cache_keys.json", "metrics.json", "checkpoints", "tensorboard"} <= names
+    assert {p.name for p in (trained / "checkpoints").iterdir()} == {"best.pt", "last.pt"}
+    assert json.loads((trained / "cache_keys.json").read_text())["modalities"] == sample["keys"]
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert len(metrics["history"]) == 30 and 1 <= metrics["best_epoch"] <= 30
+    assert any(p.name.startswith("events.out.tfevents") for p in (trained / "tensorboard").iterdir())
+    from train_heads.run import load_run
+
+    run = load_run(trained)
+    assert run.cfg["head"]["modalities"][1]["frames"] == 4 and run.cfg["head"]["num_verbs"] == 10
+
+
+def test_trained_head_beats_frequency_prior(trained):
+    argv = [f"run={trained}", "split=val", "mbr_samples=32"]
+    assert cmd_evaluate.main(argv) == 0
+    m = json.loads((trained / "metrics_val.json").read_text())
+    for gen in ("sample", "greedy+sample", "mbr", "mbr_set"):
+        assert m[f"model.{gen}.action_ed"] < m["frequency_prior.action_ed"] - 0.05, (gen, m[f"model.{gen}.action_ed"])
+        assert m[f"model.{gen}.verb_ed"] < m["frequency_prior.verb_ed"] - 0.08
+    assert m["model.mbr_set.action_ed"] <= m["model.sample.action_ed"] + 0.01
+    assert m["model.recognition.verb_acc"] > 0.5 and m["model.recognition.noun_acc"] > 0.5
+    assert len(m["model.sample.action_ed_curve"]) == 20 and 0 < m["model.sample.action_aued"] < 1
+    for name in ("markov", "markov_knn", "markov_oracle", "knn_retrieval"):
+        assert 0 <= m[f"{name}.action_ed"] <= 1
+    assert (trained / "ed_curve_val.png").stat().st_size > 10_000
+
+
+def test_predict_score_round_trip_and_fallback(trained, sample, tmp_path):
+    out = tmp_path / "val_outputs.json"
+    assert cmd_predict.main([f"run={trained}", "split=val", f"out={out}"]) == 0
+    assert cmd_score.main([f"data={sample['data']}", "split=val", f"predictions={out}", "num_seen=4",
+                           f"out={tmp_path / 'score.json'}"]) == 0
+    score = json.loads((tmp_path / "score.json").read_text())
+    assert score["num_keys_missing"] == 0
+    ev = json.loads((trained / "metrics_val.json").read_text())
+    assert score["verb_ed"] == pytest.approx(ev["model.sample.verb_ed"], abs=1e-12)  # same seeded draws
+    assert score["action_ed"] == pytest.approx(ev["model.sample.action_ed"], abs=1e-12)
+    # test split: every expected key is written; windows touching the unextracted rows get the prior
+    test_out = tmp_path / "outputs.json"
+    assert cmd_predict.main([f"run={trained}", "split=test", f"out={test_out}"]) == 0
+    from features.submission import read_predictions, validate_predictions
+    from features.windows import build_windows
+
+    ann = load_split(sample["data"], "test")
+    expected = build_windows(ann, num_input=4, num_seen=4).keys
+    keys, verb, _ = validate_predictions(read_predictions(test_out), ann.taxonomy, expected)
+    assert keys == expected and verb.shape == (len(expected), 5, 20)
+    fallback = json.loads(Path(str(test_out) + ".fallback.json").read_text())["keys"]
+    rows = sample["rows"]
+    missing_ids = {(rows.clip_uid[r], int(rows.action_idx[r])) for r in sample["missing"]}
+    # the model looks at the last num_input=2 segments ending at the key
+    expect_fb = [k for k in expected if any((k.rsplit("_", 1)[0], int(k.rsplit("_", 1)[1]) - d) in missing_ids for d in (0, 1))]
+    assert fallback == expect_fb and len(fallback) == 3
+
+
+def _small_train(sample, run_dir, stop_after=None, resume=False):
+    from train_heads.inputs import fill_model_dims, load_bank, split_windows
+    from train_heads.model import ModalityConfig, ModelConfig
+    from train_heads.train import TrainConfig, train
+
+    keys = {"slowfast": sample["keys"]["slowfast"]}
+    bank = load_bank(sample["store"], keys, splits=["train", "val"])
+    ann, tr = split_windows(sample["data"], "train", bank, num_input=3, num_future=20, num_seen=None, convention="plus_one")
+    _, va = split_windows(sample["data"], "val", bank, num_input=3, num_future=20, num_seen=4, convention="plus_one")
+    head = fill_model_dims(ModelConfig(modalities=[ModalityConfig("slowfast", proj_dim=32)], num_input=3,
+                                       aggregator="transformer", aggregator_kwargs={"depth": 1, "heads": 2, "ff_dim": 32},
+                                       decoder="query", decoder_kwargs={"dim": 32, "depth": 1, "ff_dim": 32}),
+                           bank, num_verbs=ann.taxonomy.num_verbs, num_nouns=ann.taxonomy.num_nouns)
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=1e-3, warmup_steps=3, label_smoothing=0.1, optimizer="adamw", patience=0)
+    return train(head, cfg, train_windows=tr, val_windows=va, bank=bank, run_dir=run_dir, full_cfg={"head": head, "train": cfg},
+                 resume=resume, stop_after_epochs=stop_after)
+
+
+def test_resume_equals_uninterrupted(sample, tmp_path):
+    full = _small_train(sample, tmp_path / "a")
+    part = _small_train(sample, tmp_path / "b", stop_after=1)
+    assert len(part["history"]) == 1
+    resumed = _small_train(sample, tmp_path / "b", resume=True)
+    strip = lambda h: [{k: v for k, v in e.items() if k not in ("train_sec", "windows_per_sec")} for e in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(full["history"]) and len(full["history"]) == 3
+    a = torch.load(tmp_path / "a/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_feature_key_resolution(sample, tmp_path):
+    from train_heads.inputs import resolve_feature_keys
+
+    assert resolve_feature_keys(sample["store"], ["slowfast", "clip"]) == sample["keys"]
+    with pytest.raises(ValueError, match="modality 'mvit': no store .* Candidates: \\['clip_vit"):
+        resolve_feature_keys(sample["store"], ["mvit"])
+    with pytest.raises(ValueError, match="does not start with it"):
+        resolve_feature_keys(sample["store"], ["slowfast"], [sample["keys"]["clip"]])
+    # a second slowfast store makes the match ambiguous
+    twin = tmp_path / "store"
+    twin.mkdir()
+    for key in sample["keys"].values():
+        (twin / f"{key}.zarr").symlink_to(sample["store"] / f"{key}.zarr")
+    (twin / "slowfast_r50.other-0123456789.zarr").mkdir()
+    with pytest.raises(ValueError, match="modality 'slowfast': 2 stores .* match"):
+        resolve_feature_keys(twin, ["slowfast"])
+
+
+@pytest.mark.slow
+def test_sweep_table_sorted(sample, tmp_path):
+    cfgs = []
+    for name, agg in (("concat_head", "concat"), ("mean_head", "mean")):
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(f"head:\n  modalities: [{{name: slowfast, proj_dim: 32}}]\n  num_input: 2\n  aggregator: {agg}\n")
+        cfgs.append(str(p))
+    argv = [f"data={sample['data']}", f"store={sample['store']}", f"out={tmp_path / 'sweep'}",
+            f"configs=[{','.join(cfgs)}]", "overrides=[train.epochs=2,train.warmup_steps=2,train.lr=1e-3]"]
+    assert cmd_sweep.main(argv) == 0
+    rows = json.loads((tmp_path / "sweep/results.json").read_text())
+    assert {r["config"] for r in rows} == {"concat_head", "mean_head"}
+    table = (tmp_path / "sweep/results.md").read_text().splitlines()[2:]
+    eds = [float(line.split("|")[2]) for line in table]
+    assert eds == sorted(eds)
