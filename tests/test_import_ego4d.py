@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from features.annotations import load_split
 from features.ego4d_features import ImportParams, import_ego4d_features, segment_windows
 from features.store import FeatureStore, load_features
 from pipelines import cmd_store
@@ -133,3 +134,31 @@ def test_cli_import_then_ls_verify_export(tmp_path, capsys):
     assert np.array_equal(h5.read(np.flatnonzero(zs.filled())), zs.read(np.flatnonzero(zs.filled())))
     assert cmd_store.main(["frobnicate"]) == 2
     assert cmd_store.main(["ls", "nope=1"]) == 2
+
+
+@pytest.mark.slow
+def test_train_heads_runs_on_an_imported_store(tmp_path):
+    from pipelines import cmd_train_heads
+    from train_heads.synthetic_store import write_synthetic_dataset
+
+    torch.set_num_threads(1)
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, clips=9, seed=1)
+    end_sec: dict[str, float] = {}
+    for split in ("train", "val", "test"):
+        for rec in load_split(data, split).records:
+            end = rec["clip_parent_start_sec"] + rec["action_clip_end_sec"]
+            end_sec[rec["video_uid"]] = max(end_sec.get(rec["video_uid"], 0.0), end)
+    feats_dir = tmp_path / "features"
+    feats_dir.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for vid, end in end_sec.items():
+        torch.save(torch.randn(int(end * FPS / 16) + 2, 16, generator=gen), feats_dir / f"{vid}.pt")
+    root = tmp_path / "store"
+    assert cmd_store.main(["import-ego4d", f"data={data}", f"features_dir={feats_dir}", f"store={root}", "views=2",
+                           "max_failed_frac=0"]) == 0
+    run = tmp_path / "run"
+    argv = [f"data={data}", f"store={root}", f"out={run}", "head.modalities=[{name: slowfast, proj_dim: 16}]",
+            "head.num_input=2", "head.aggregator=concat", "train.epochs=2", "train.batch_size=16", "num_seen=4"]
+    assert cmd_train_heads.main(argv) == 0
+    assert (run / "checkpoints" / "last.pt").is_file()
