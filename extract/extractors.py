@@ -4,12 +4,20 @@
     ext(frames)   # frames uint8 (N, T, H, W, 3) -> float32 (N, *ext.spec.view_shape)
 
 Names follow `arch.pretrain`. `list_extractors()` lists the registered ones; any `clip_<arch>.<tag>`
-also resolves dynamically (`clip_vit_b32.openai` -> open_clip `ViT-B-32` / `openai`).
+also resolves dynamically (`clip_vit_b32.openai` -> open_clip `ViT-B-32` / `openai`), and so does
+`<video arch>.<run name>` with `weights=RUN_DIR` of `lta finetune-backbone` (a fine-tuned backbone):
+
+    create_extractor("slowfast_r101_8x8.ft_sf101", weights="runs/ft_sf101")   # or runs/ft_sf101/backbone.pt
 
 Weights (`weights=`): "default" = the name's pretrain source (pytorchvideo Kinetics URL, open_clip
-tag; `.ego4d` has none and needs a path), a local file path, or "random" (explicit only, seeded so
-every process builds the same net). The spec records the source and the file's sha256, so features
-of different weights never share a cache key.
+tag; `.ego4d` has none and needs a path), a local file path, a fine-tuning run dir, or "random"
+(explicit only, seeded so every process builds the same net). The spec records the source and the
+file's sha256, so features of different weights never share a cache key. Checkpoint files are read
+without executing pickled code (features.checkpoint_io's restricted unpickler, torch weights_only).
+
+A fine-tuned run carries its own spec (RUN_DIR/backbone.json: builder kwargs, frames, rate, crop,
+short side, mean/std, feature dim); the extractor takes all of it from there, checks the arch against
+the name, and loads backbone.pt strictly.
 
 Preprocessing is batched tensor ops on the model's device:
   video models: /255, Normalize(0.45, 0.225), ShortSideScale(short_side, bilinear), CenterCrop(crop)
@@ -87,20 +95,29 @@ def create_extractor(name: str, *, weights: str = "default", device: str = "cpu"
     """Build extractor `name` on `device` (heavy imports happen here).
 
     Args:
-        weights: "default" (the name's pretrain source), "random", or a checkpoint path.
-        crop_size: override of the spec's crop (CPU-sized runs); short side scales with it.
+        weights: "default" (the name's pretrain source), "random", a checkpoint path, or a
+            `lta finetune-backbone` run dir (or its backbone.pt) for `<video arch>.<run name>`.
+        crop_size: override of the spec's crop (CPU-sized runs); short side scales with it. A
+            fine-tuned run fixes its own crop, so only None or that crop is accepted there.
 
     Raises:
-        ValueError: unknown name (lists the available ones) or weights the name cannot use.
+        ValueError: unknown name (lists the available ones) or weights the name cannot use
+            (e.g. a fine-tuned MViT run for a SlowFast name).
         FileNotFoundError: a weights path that does not exist.
         RuntimeError: device "cuda" without a GPU; default weights that cannot be downloaded.
+        features.checkpoint_io.UnsafeCheckpointError: a checkpoint whose pickle would run code.
     """
-    if name in _REGISTRY:
+    from extract.finetune_model import is_finetuned_run
+
+    if weights not in ("default", "random") and is_finetuned_run(weights):
+        builder = lambda **kw: build_finetuned(name, **kw)  # noqa: E731
+    elif name in _REGISTRY:
         builder = _REGISTRY[name]
     elif name.startswith("clip_") and "." in name:
         builder = lambda **kw: ClipExtractor.build(name, **kw)  # noqa: E731
     else:
-        raise ValueError(f"unknown extractor {name!r}; available: {list_extractors()} or clip_<open_clip arch>.<tag>")
+        raise ValueError(f"unknown extractor {name!r}; available: {list_extractors()}, clip_<open_clip arch>.<tag>, "
+                         f"or <{'|'.join(FINETUNE_ARCHS)}>.<run name> with weights=RUN_DIR of `lta finetune-backbone`")
     check_device(device)
     return builder(weights=weights, device=device, crop_size=crop_size)
 
@@ -121,8 +138,8 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def _fetch_url(url: str) -> Path:
-    """Download `url` into torch's hub cache (once); RuntimeError naming the URL when offline."""
+def fetch_url(url: str, *, offline_hint: str = "pass weights=PATH to a local copy, or weights=random for tests") -> Path:
+    """Download `url` into torch's hub cache (once); RuntimeError naming the URL (and `offline_hint`) when offline."""
     import torch
 
     dst = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
@@ -131,9 +148,23 @@ def _fetch_url(url: str) -> Path:
         try:
             torch.hub.download_url_to_file(url, str(dst), progress=True)
         except Exception as err:
-            raise RuntimeError(f"cannot download {url} ({type(err).__name__}: {err}); on an offline machine pass "
-                               f"weights=PATH to a local copy, or weights=random for tests") from None
+            raise RuntimeError(f"cannot download {url} ({type(err).__name__}: {err}); on an offline machine "
+                               f"{offline_hint}") from None
     return dst
+
+
+def load_kinetics_state_dict(path: Path | str) -> dict:
+    """The state dict of a pytorchvideo model-zoo checkpoint (`{"model_state", "optimizer_state", "epoch", "cfg"}`)
+    or of a plain state-dict file, read without executing pickled code.
+
+    Raises:
+        features.checkpoint_io.UnsafeCheckpointError: the pickle needs a global outside the allow-list
+            (a crafted file); the message names the file and the global, nothing was run.
+        features.checkpoint_io.CheckpointError: truncated file or no weights inside.
+    """
+    from features.checkpoint_io import load_lightning_checkpoint
+
+    return load_lightning_checkpoint(path).state_dict
 
 
 def _seeded_build(fn: Callable[[], Any]) -> Any:
@@ -216,6 +247,7 @@ class SlowFastExtractor(VideoExtractor):
     """Pooled slow+fast features before the head (2304-d for R50/R101), slow pathway = T/alpha frames."""
 
     ALPHA = 4
+    TAPPED_LAYER = "blocks.5 PoolConcatPathway (slow, fast)"
 
     @classmethod
     def build(cls, name: str, *, depth: int, weights: str, device: str, crop_size: int | None) -> "SlowFastExtractor":
@@ -230,7 +262,7 @@ class SlowFastExtractor(VideoExtractor):
         spec = ExtractorSpec(
             name=name, arch=f"slowfast_r{depth}", num_frames=32, window_frames=32, sampling_rate=2,
             short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
-            mean=VIDEO_MEAN, std=VIDEO_STD, view_shape=(2304,), tapped_layer="blocks.5 PoolConcatPathway (slow, fast)",
+            mean=VIDEO_MEAN, std=VIDEO_STD, view_shape=(2304,), tapped_layer=cls.TAPPED_LAYER,
             weights=source, weights_sha256=sha, arch_kwargs=tuple(sorted(kwargs.items())),
         )
         return cls(spec, model, device)
@@ -246,6 +278,8 @@ class SlowFastExtractor(VideoExtractor):
 class MViTExtractor(VideoExtractor):
     """MViT-B 16x4: the 768-d class token after the final norm."""
 
+    TAPPED_LAYER = "cls token after final norm"
+
     @classmethod
     def build(cls, name: str, *, weights: str, device: str, crop_size: int | None) -> "MViTExtractor":
         from extract import backbones
@@ -258,7 +292,7 @@ class MViTExtractor(VideoExtractor):
         spec = ExtractorSpec(
             name=name, arch="mvit_b_16x4", num_frames=16, window_frames=16, sampling_rate=4,
             short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
-            mean=VIDEO_MEAN, std=VIDEO_STD, view_shape=(768,), tapped_layer="cls token after final norm",
+            mean=VIDEO_MEAN, std=VIDEO_STD, view_shape=(768,), tapped_layer=cls.TAPPED_LAYER,
             weights=source, weights_sha256=sha, arch_kwargs=tuple(sorted(kwargs.items())),
         )
         return cls(spec, model, device)
@@ -269,8 +303,6 @@ class MViTExtractor(VideoExtractor):
 
 def _load_video_weights(model: Any, name: str, pretrain: str, weights: str, *, url: str, arch: str) -> tuple[str, str]:
     """Load `weights` into a video backbone; returns (source, sha256)."""
-    import torch
-
     from extract import backbones
 
     if weights == "random":
@@ -279,7 +311,7 @@ def _load_video_weights(model: Any, name: str, pretrain: str, weights: str, *, u
         if pretrain == "ego4d":
             raise ValueError(f"{name}: no download for Ego4D weights; pass weights=PATH to the released Lightning "
                              f"checkpoint (e.g. ego4d_{'slowfast8x8' if arch == 'slowfast' else 'mvit16x4'}.ckpt)")
-        path = _fetch_url(url)
+        path = fetch_url(url)
         source = url
     else:
         path = Path(weights)
@@ -289,13 +321,63 @@ def _load_video_weights(model: Any, name: str, pretrain: str, weights: str, *, u
     if pretrain == "ego4d":
         backbones.load_backbone_checkpoint(model, path, arch)
     else:  # pytorchvideo checkpoint: {"model_state": ...} in pytorchvideo naming; drop the classifier
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        state = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else ckpt
+        state = load_kinetics_state_dict(path)
         head = ("blocks.6.",) if arch == "slowfast" else ("head.",)
         own_head = [k for k in model.state_dict() if k.startswith(head)]
         state = {k: v for k, v in state.items() if not k.startswith(head) or k in own_head}
         backbones.load_state_dict_strictly(model, state, source=str(path))
     return source, sha256_file(path)
+
+
+# -- fine-tuned backbones (`lta finetune-backbone` run dirs) ----------------------------------------------
+# registry-style arch name (BackboneSpec.name) -> (extractor class, ExtractorSpec.arch)
+FINETUNE_ARCHS: dict[str, tuple[type[VideoExtractor], str]] = {
+    "slowfast_r50_8x8": (SlowFastExtractor, "slowfast_r50"),
+    "slowfast_r101_8x8": (SlowFastExtractor, "slowfast_r101"),
+    "mvit_b_16x4": (MViTExtractor, "mvit_b_16x4"),
+}
+RESERVED_PRETRAIN_TAGS = ("kinetics", "ego4d")  # they name released weights, never a fine-tuned run
+
+
+def build_finetuned(name: str, *, weights: str, device: str, crop_size: int | None) -> VideoExtractor:
+    """Extractor `<arch>.<run name>` around the fine-tuned backbone of run dir (or backbone.pt) `weights`.
+
+    Sampling, crop, short side, mean/std, feature dim and builder kwargs come from the run's
+    backbone.json; the weights load strictly; the spec records backbone.pt's path and sha256.
+
+    Raises:
+        ValueError: a name whose arch differs from the run's (`slowfast_r101_8x8.x` for an MViT run),
+            a reserved or malformed tag, or a crop override that differs from the run's crop.
+    """
+    from extract.finetune_model import load_finetuned_backbone, resolve_run
+
+    path, bspec = resolve_run(weights)
+    arch, _, tag = name.partition(".")
+    if arch not in FINETUNE_ARCHS:
+        raise ValueError(f"extractor {name!r} cannot load weights={weights}: that is a fine-tuned {bspec.name} run "
+                         f"({path.with_name('backbone.json')}); name its features {bspec.name}.<run name>")
+    if arch != bspec.name:
+        raise ValueError(f"extractor {name!r} is a {arch} but weights={weights} is a fine-tuned {bspec.name} run "
+                         f"({path.with_name('backbone.json')}); use extractors=[{bspec.name}.{tag or '<run name>'}]")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", tag) or tag in RESERVED_PRETRAIN_TAGS:
+        why = f"'.{tag}' names released weights" if tag in RESERVED_PRETRAIN_TAGS else "the tag must be [A-Za-z0-9_-]+"
+        raise ValueError(f"extractor {name!r} for the fine-tuned run {weights}: {why}; name it "
+                         f"{arch}.<run name>, e.g. {arch}.{re.sub(r'[^A-Za-z0-9_-]', '_', path.resolve().parent.name)}")
+    if crop_size is not None and crop_size != bspec.crop_size:
+        raise ValueError(f"{name}: crop_size={crop_size}, but the fine-tuned run {weights} was trained at crop "
+                         f"{bspec.crop_size} (backbone.json); leave the crop override unset for it")
+    cls, spec_arch = FINETUNE_ARCHS[arch]
+    if bspec.arch == "slowfast" and bspec.alpha != SlowFastExtractor.ALPHA:
+        raise ValueError(f"{path.with_name('backbone.json')}: alpha={bspec.alpha}, the extractor packs alpha={SlowFastExtractor.ALPHA}")
+    model, _ = load_finetuned_backbone(path)
+    spec = ExtractorSpec(
+        name=name, arch=spec_arch, num_frames=bspec.num_frames, window_frames=bspec.num_frames,
+        sampling_rate=bspec.sampling_rate, short_side=bspec.short_side, crop_size=bspec.crop_size,
+        interpolation="bilinear", mean=tuple(bspec.mean), std=tuple(bspec.std), view_shape=(bspec.feature_dim,),
+        tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=sha256_file(path),
+        target_fps=bspec.target_fps, arch_kwargs=tuple(sorted(bspec.builder_kwargs.items())),
+    )
+    return cls(spec, model, device)
 
 
 class ClipExtractor(Extractor):

@@ -18,7 +18,8 @@ from our checkpoint always use eval-mode BN (the running stats written here). `b
 keeps BN in eval mode while the rest trains, for per-device batches too small for batch statistics.
 The reference's precise-BN pass (200 batches) is not implemented.
 
-Run directory: checkpoints/last.pt (model, optimiser, scheduler, step, RNG; resumed automatically),
+Run directory: checkpoints/last.pt (model, optimiser, scheduler, step; resumed automatically) and
+checkpoints/rng_rank<r>.pt (every RNG stream as tensors/ints; all files load with `weights_only=True`),
 backbone.pt + backbone.json + heads.pt (the export `lta extract` loads, see finetune_model),
 metrics.jsonl (one line per validation), tb/ (TensorBoard).
 """
@@ -164,9 +165,13 @@ def _to_device(inputs, device):
 
 
 def _rng_state() -> dict:
+    """Every RNG stream as tensors and plain Python values, so the file loads with `weights_only=True`."""
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state = {"python": random.getstate(),  # (version, tuple of 625 ints, gauss_next)
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -176,7 +181,8 @@ def _set_rng_state(state: dict) -> None:
     import torch
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -411,9 +417,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec
 
 
 def _load_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec, dist: DistInfo) -> TrainState:
-    import torch
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are numpy objects
+    ckpt = _load_own(path)
     if ckpt["spec"] != spec.to_json():
         raise ValueError(f"{path}: saved backbone spec differs from this run's; use a new out= or resume=false\n"
                          f"saved: {ckpt['spec']}\nnow:   {spec.to_json()}")
@@ -424,5 +428,20 @@ def _load_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec
     scheduler.load_state_dict(ckpt["scheduler"])
     rng_path = path.with_name(f"rng_rank{dist.rank}.pt")
     if rng_path.is_file():
-        _set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False))
+        _set_rng_state(_load_own(rng_path))
     return TrainState(**ckpt["state"])
+
+
+def _load_own(path: Path) -> dict:
+    """A checkpoint this module wrote (tensors, plain containers, numbers, strings): `weights_only=True`, so
+    even a run dir from elsewhere cannot run code on resume."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).splitlines()[0]
+        raise RuntimeError(f"{path}: refusing to resume from it, it holds more than tensors and plain values ({first}); "
+                           "a file from an older version or another tool: start over with resume=false or a new out=") from None

@@ -7,7 +7,8 @@ run directory holds it in a loader-friendly form:
     RUN_DIR/backbone.json   the `BackboneSpec` (builder kwargs, sampling, crop, mean/std, feature dim)
     RUN_DIR/heads.pt        the verb / noun Linear layers (for recognition inference; not used by extract)
 
-`load_finetuned_backbone(RUN_DIR or backbone.pt)` rebuilds the exact module and loads it strictly.
+`load_finetuned_backbone(RUN_DIR or backbone.pt)` rebuilds the exact module and loads it strictly;
+`lta extract extractors=[<backbone>.<run name>] weights=RUN_DIR` extracts with it (extract/extractors.py).
 """
 from __future__ import annotations
 
@@ -211,22 +212,16 @@ def init_backbone(backbone: "nn.Module", spec: BackboneSpec, init: str) -> str:
         backbones.load_backbone_checkpoint(backbone, path, spec.arch)
         return f"ego4d checkpoint {path}"
     if kind == "kinetics":
-        import torch
+        from extract.extractors import fetch_url, load_kinetics_state_dict
 
         if path:
-            state = torch.load(path, map_location="cpu", weights_only=True)
             source = path
         else:
             if spec.name not in KINETICS_URLS:
                 raise ValueError(f"no Kinetics weights known for {spec.name!r}")
-            try:
-                state = torch.hub.load_state_dict_from_url(KINETICS_URLS[spec.name], map_location="cpu")
-            except OSError as err:  # URLError is an OSError
-                raise RuntimeError(f"cannot fetch Kinetics weights {KINETICS_URLS[spec.name]} ({err}); offline? "
-                                   "pass init=kinetics:PATH to a local copy, or init=random explicitly") from None
             source = KINETICS_URLS[spec.name]
-        state = state.get("model_state", state.get("state_dict", state))
-        _load_without_head(backbone, state, source)
+            path = str(fetch_url(source, offline_hint="pass init=kinetics:PATH to a local copy, or init=random explicitly"))
+        _load_without_head(backbone, load_kinetics_state_dict(path), source)
         return f"kinetics weights {source}"
     raise ValueError(f"unknown init {init!r}; expected random, kinetics[:PATH] or ego4d:PATH")
 
@@ -294,18 +289,19 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_finetuned_backbone(path: Path | str) -> tuple["nn.Module", BackboneSpec]:
-    """Rebuild a fine-tuned backbone from a run directory or its `backbone.pt`, in eval mode on the CPU.
+def is_finetuned_run(path: Path | str) -> bool:
+    """True for a directory (it must then be a run dir) or a weights file next to a `backbone.json`."""
+    path = Path(path)
+    return path.is_dir() or (path.is_file() and path.with_name(SPEC_FILE).is_file())
 
-    Returns (model, spec): `model(inputs) -> (B, spec.feature_dim)` pooled features; the spec gives
-    the frame count, sampling rate, crop and mean/std the features were trained with.
+
+def resolve_run(path: Path | str) -> tuple[Path, BackboneSpec]:
+    """(backbone weights file, its spec) of a run directory or its `backbone.pt`; nothing is loaded yet.
 
     Raises:
         FileNotFoundError: no backbone.pt / backbone.json at `path`.
-        RuntimeError: the weights do not match the spec's architecture (strict load).
+        ValueError: a backbone.json that is not a `BackboneSpec` of this format.
     """
-    import torch
-
     path = Path(path)
     weights = path / BACKBONE_FILE if path.is_dir() else path
     spec_path = weights.with_name(SPEC_FILE)
@@ -314,7 +310,27 @@ def load_finetuned_backbone(path: Path | str) -> tuple["nn.Module", BackboneSpec
             raise FileNotFoundError(f"{p}: not found (expected a `lta finetune-backbone` run dir or its {BACKBONE_FILE})")
     meta = json.loads(spec_path.read_text())
     meta.pop("extra", None)
-    spec = BackboneSpec.from_json(meta)
+    try:
+        return weights, BackboneSpec.from_json(meta)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{spec_path}: not a fine-tuned backbone spec ({err})") from None
+
+
+def load_finetuned_backbone(path: Path | str) -> tuple["nn.Module", BackboneSpec]:
+    """Rebuild a fine-tuned backbone from a run directory or its `backbone.pt`, in eval mode on the CPU.
+
+    Returns (model, spec): `model(inputs) -> (B, spec.feature_dim)` pooled features; the spec gives
+    the frame count, sampling rate, crop and mean/std the features were trained with.
+
+    Raises:
+        FileNotFoundError: no backbone.pt / backbone.json at `path`.
+        BackboneMismatchError: the weights do not match the spec's architecture (strict load, keys named).
+    """
+    import torch
+
+    from extract.backbones import load_state_dict_strictly
+
+    weights, spec = resolve_run(path)
     model = build_backbone(spec)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+    load_state_dict_strictly(model, torch.load(weights, map_location="cpu", weights_only=True), source=str(weights))
     return model.eval(), spec
