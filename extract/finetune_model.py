@@ -325,12 +325,21 @@ def load_finetuned_backbone(path: Path | str) -> tuple["nn.Module", BackboneSpec
     Raises:
         FileNotFoundError: no backbone.pt / backbone.json at `path`.
         BackboneMismatchError: the weights do not match the spec's architecture (strict load, keys named).
+        UnsafeCheckpointError: backbone.pt holds more than tensors (`weights_only=True` refused it).
     """
+    import pickle
+
     import torch
 
     from extract.backbones import load_state_dict_strictly
+    from features.checkpoint_io import UnsafeCheckpointError
 
     weights, spec = resolve_run(path)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(f"{weights}: not a plain state dict ({str(err).splitlines()[0]}); "
+                                    "refusing to load it") from None
     model = build_backbone(spec)
-    load_state_dict_strictly(model, torch.load(weights, map_location="cpu", weights_only=True), source=str(weights))
+    load_state_dict_strictly(model, state, source=str(weights))
     return model.eval(), spec

@@ -125,3 +125,112 @@ def test_clip_preprocessing_matches_open_clip_pil(tmp_path):
     levels = ((ours - ref) * std * 255).abs()  # difference in uint8 levels
     assert ours.shape == ref.shape
     assert levels.max() <= 4 and levels.mean() < 0.3, (levels.max(), levels.mean())
+
+
+class _RunsCode:
+    """Pickles to `os.system(...)`: what a crafted checkpoint would run on a plain `torch.load`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_crafted_pickle_as_weights_is_refused(tmp_path):
+    """`weights=` files go through the restricted unpickler: a pickled call is named and refused, never run."""
+    from features.checkpoint_io import UnsafeCheckpointError
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "SLOWFAST_8x8_R50.pyth"
+    torch.save({"model_state": {}, "epoch": 1, "cfg": _RunsCode(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match=rf"{path}.*(posix|os)\.system.*not on the allow-list"):
+        create_extractor("slowfast_r50_8x8.kinetics", weights=str(path), crop_size=64)
+    assert not marker.exists()
+    # the same payload as a fine-tuned run's backbone.pt (torch weights_only) is refused too, naming the file
+    run = _finetuned_run(tmp_path / "run")
+    torch.save({"x": _RunsCode(marker)}, run / "backbone.pt")
+    with pytest.raises(UnsafeCheckpointError, match=rf"{run / 'backbone.pt'}: not a plain state dict"):
+        create_extractor("slowfast_r50_8x8.run", weights=str(run))
+    assert not marker.exists()
+
+
+def test_pyslowfast_style_pyth_with_optimizer_and_cfg_loads(tmp_path):
+    """A model-zoo .pyth as PySlowFast writes it (model_state + optimizer_state + epoch + cfg YAML) loads strictly."""
+    src = create_extractor("slowfast_r50_8x8.kinetics", weights="random", crop_size=64)
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in src.model.state_dict().items()}
+    state["blocks.6.proj.weight"], state["blocks.6.proj.bias"] = torch.zeros(400, 2304), torch.zeros(400)
+    optimizer_state = {"state": {0: {"momentum_buffer": torch.ones(3)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    path = tmp_path / "SLOWFAST_8x8_R50.pyth"
+    torch.save({"epoch": 196, "model_state": state, "optimizer_state": optimizer_state,
+                "cfg": "MODEL:\n  ARCH: slowfast\nRESNET:\n  DEPTH: 50\n"}, path)
+    ext = create_extractor("slowfast_r50_8x8.kinetics", weights=str(path), crop_size=64)
+    key = "blocks.0.multipathway_blocks.0.conv.weight"
+    assert torch.equal(ext.model.state_dict()[key], state[key]) and ext.spec.weights_sha256 == extractors.sha256_file(path)
+
+
+def _finetuned_run(run, *, backbone="slowfast_r50_8x8", weights=True):
+    """A `lta finetune-backbone`-style run dir (random weights, tiny SlowFast) without training."""
+    from extract.finetune_model import build_recognition_model, export_backbone, make_spec
+
+    if backbone == "slowfast_r50_8x8":
+        spec = make_spec(backbone, width_per_group=8, crop_size=32, num_frames=8)
+        export_backbone(build_recognition_model(spec, num_verbs=3, num_nouns=4), spec, run)
+    else:  # only the spec matters for the name checks, which run before any weights are read
+        import json
+
+        run.mkdir(parents=True)
+        (run / "backbone.json").write_text(json.dumps(make_spec(backbone, crop_size=32).to_json()))
+        torch.save({}, run / "backbone.pt")
+    return run
+
+
+def test_finetuned_run_dir_is_an_extractor(tmp_path):
+    """`<arch>.<run name>` + weights=RUN_DIR: spec from backbone.json, strict load, sha256 in the cache key."""
+    from extract.finetune_model import load_finetuned_backbone
+    from features.store import cache_key
+
+    run = _finetuned_run(tmp_path / "ft_tiny")
+    ext = create_extractor("slowfast_r50_8x8.ft_tiny", weights=str(run))
+    s = ext.spec
+    assert (s.name, s.arch, s.num_frames, s.window_frames, s.sampling_rate) == ("slowfast_r50_8x8.ft_tiny", "slowfast_r50", 8, 8, 8)
+    assert (s.crop_size, s.short_side, s.view_shape, s.mean) == (32, 37, (288,), (0.45, 0.45, 0.45))
+    assert dict(s.arch_kwargs) == {"depth": 50, "fusion_kernel_size": 7, "num_frames": 8, "crop_size": 32, "width_per_group": 8}
+    assert s.weights == str((run / "backbone.pt").resolve()) and s.weights_sha256 == extractors.sha256_file(run / "backbone.pt")
+    model, _ = load_finetuned_backbone(run)
+    for k, v in model.state_dict().items():
+        assert torch.equal(ext.model.state_dict()[k], v), k
+    frames = np.random.default_rng(0).integers(0, 256, (2, 8, 48, 64, 3), dtype=np.uint8)
+    out = ext(frames)
+    assert out.shape == (2, 288) and torch.isfinite(out).all()
+    via_file = create_extractor("slowfast_r50_8x8.ft_tiny", weights=str(run / "backbone.pt"), crop_size=32)
+    assert via_file.spec == s and torch.equal(via_file(frames), out)
+    # other weights -> another sha256 -> another cache key
+    other = _finetuned_run(tmp_path / "other" / "ft_tiny")
+    assert cache_key(s.name, s.to_dict()) != cache_key(s.name, create_extractor(s.name, weights=str(other)).spec.to_dict())
+
+
+def test_finetuned_run_errors(tmp_path):
+    sf = _finetuned_run(tmp_path / "sf_run")
+    mvit = _finetuned_run(tmp_path / "mvit_run", backbone="mvit_b_16x4")
+    with pytest.raises(ValueError, match=r"'slowfast_r101_8x8.mvit_run' is a slowfast_r101_8x8 but .* fine-tuned mvit_b_16x4 run"):
+        create_extractor("slowfast_r101_8x8.mvit_run", weights=str(mvit))
+    with pytest.raises(ValueError, match=r"is a slowfast_r101_8x8 but .* fine-tuned slowfast_r50_8x8 run .*slowfast_r50_8x8.sf_run"):
+        create_extractor("slowfast_r101_8x8.sf_run", weights=str(sf))
+    with pytest.raises(ValueError, match=r"'clip_vit_b32.openai' cannot load .* name its features slowfast_r50_8x8.<run name>"):
+        create_extractor("clip_vit_b32.openai", weights=str(sf))
+    with pytest.raises(ValueError, match=r"'.ego4d' names released weights; name it slowfast_r50_8x8.<run name>, e.g. slowfast_r50_8x8.sf_run"):
+        create_extractor("slowfast_r50_8x8.ego4d", weights=str(sf))
+    with pytest.raises(ValueError, match=r"crop_size=64, but the fine-tuned run .* crop 32"):
+        create_extractor("slowfast_r50_8x8.sf_run", weights=str(sf), crop_size=64)
+    with pytest.raises(ValueError, match=r"unknown extractor 'slowfast_r50_8x8.sf_run'.*<run name> with weights=RUN_DIR"):
+        create_extractor("slowfast_r50_8x8.sf_run", weights="default")
+    with pytest.raises(FileNotFoundError, match=r"backbone.pt: not found .*finetune-backbone"):
+        create_extractor("slowfast_r50_8x8.x", weights=str(tmp_path))  # a directory that is not a run
+    state = torch.load(sf / "backbone.pt", weights_only=True)
+    state.pop(next(iter(state)))
+    torch.save(state, sf / "backbone.pt")
+    with pytest.raises(Exception, match=r"backbone.pt does not fit .* 1 missing keys"):
+        create_extractor("slowfast_r50_8x8.sf_run", weights=str(sf))
