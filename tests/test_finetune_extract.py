@@ -1,0 +1,100 @@
+"""fine-tune -> extract -> train-heads as one path, through the three CLI entry points, on the CPU.
+
+    lta finetune-backbone data=D out=RUN/ft_tiny backbone=slowfast_r50_8x8 ...
+    lta extract data=D store=S extractors=[slowfast_r50_8x8.ft_tiny] weights=RUN/ft_tiny
+    lta train-heads data=D store=S head.modalities=[{name: slowfast}] ...
+
+Budget: ~30 s on 2 cores (tiny SlowFast: width 8, crop 32, 8 frames; 2 optimiser steps; ~145 rows).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from extract.extractors import sha256_file  # noqa: E402
+from extract.finetune_data import RecognitionDataset  # noqa: E402
+from extract.finetune_model import build_backbone, load_finetuned_backbone  # noqa: E402
+from features.annotations import load_split  # noqa: E402
+from features.store import FeatureStore, store_paths  # noqa: E402
+from pipelines import cmd_extract, cmd_finetune, cmd_train_heads  # noqa: E402
+
+TINY_FINETUNE = ["backbone=slowfast_r50_8x8", "init=random", "resized=false", "width_per_group=8", "crop_size=32",
+                 "num_frames=8", "batch_size=8", "epochs=1", "max_steps=2", "warmup_steps=1", "lr=0.05",
+                 "num_workers=0", "val_split="]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_sample, tmp_path_factory):
+    """Run the three stages once; returns the paths each one wrote."""
+    root = tmp_path_factory.mktemp("ft_extract")
+    run, store, heads = root / "runs" / "ft_tiny", root / "store", root / "heads"
+    assert cmd_finetune.main([f"data={tiny_sample}", f"out={run}", *TINY_FINETUNE]) == 0
+    extract_args = [f"data={tiny_sample}", f"store={store}", "extractors=[slowfast_r50_8x8.ft_tiny]", "device=cpu",
+                    "batch_size=16", "raw_clips=true", "dtype=float32", "decode_workers=1", "progress=false",
+                    "max_failed_frac=0"]
+    assert cmd_extract.main([*extract_args, f"weights={run}"]) == 0
+    first = json.loads((store / "extract_summary.json").read_text())[0]
+    # weights=RUN/backbone.pt names the same weights: same cache key, every row already done
+    assert cmd_extract.main([*extract_args, f"weights={run / 'backbone.pt'}"]) == 0
+    second = json.loads((store / "extract_summary.json").read_text())[0]
+    assert cmd_train_heads.main([f"data={tiny_sample}", f"store={store}", f"out={heads}",
+                                 "head.modalities=[{name: slowfast, proj_dim: 16}]", "head.num_input=2",
+                                 "head.aggregator=concat", "train.epochs=1", "train.batch_size=16"]) == 0
+    return {"data": tiny_sample, "run": run, "store": store, "heads": heads, "summaries": (first, second)}
+
+
+def test_store_is_keyed_by_the_finetuned_run(pipeline):
+    first, second = pipeline["summaries"]
+    assert first["rows_failed"] == 0 and first["rows_done"] == first["rows_total"] > 100
+    assert second["store_keys"] == first["store_keys"] and second["rows_skipped"] == first["rows_total"]
+    (path,) = store_paths(pipeline["store"])
+    store = FeatureStore.open(path)
+    assert store.key == first["store_keys"][0] and store.key.startswith("slowfast_r50_8x8.ft_tiny-")
+    ext = store.spec["extractor"]
+    backbone = pipeline["run"] / "backbone.pt"
+    assert ext["weights"] == str(backbone.resolve()) and ext["weights_sha256"] == sha256_file(backbone)
+    assert (ext["num_frames"], ext["sampling_rate"], ext["crop_size"], ext["short_side"]) == (8, 8, 32, 37)
+    assert store.view_shape == (288,) and store.filled().all()
+
+
+def test_stored_features_are_the_finetuned_models_forward(pipeline):
+    """Store rows == the fine-tuned backbone on the fine-tuning code's own val decode + transform, and != random init."""
+    data, run = pipeline["data"], pipeline["run"]
+    model, spec = load_finetuned_backbone(run)
+    (path,) = store_paths(pipeline["store"])
+    store = FeatureStore.open(path)
+    ann = load_split(data, "val")
+    val = RecognitionDataset(data, ann, spec, train=False, resized=False)
+    idx = [0, 5, 11, len(val) - 1]
+    inputs = [torch.stack([val[i][0][p] for i in idx]) for p in range(2)]  # [slow (4,3,2,32,32), fast (4,3,8,32,32)]
+    random_init = build_backbone(spec).eval()
+    with torch.no_grad():
+        expected = model(inputs)  # (4, 288)
+        unfinetuned = random_init(inputs)
+    rows = store.rows.lookup(ann.clip_uid[idx], ann.action_idx[idx])
+    assert (rows >= 0).all()
+    stored = torch.from_numpy(store.read(rows)[:, 0])  # view 0 = the centred window
+    torch.testing.assert_close(stored, expected, rtol=1e-5, atol=1e-5)
+    assert (stored - unfinetuned).abs().max() > 1e-2  # the fine-tuned weights were used, not a fresh net
+
+
+def test_heads_train_on_the_finetuned_features(pipeline):
+    heads = pipeline["heads"]
+    (path,) = store_paths(pipeline["store"])
+    key = FeatureStore.open(path).key
+    assert json.loads((heads / "cache_keys.json").read_text())["modalities"] == {"slowfast": key}
+    metrics = json.loads((heads / "metrics.json").read_text())
+    assert len(metrics["history"]) == 1
+    assert (heads / "checkpoints" / "last.pt").is_file()
