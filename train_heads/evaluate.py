@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from features.metric import lta_metrics
+from features.metric import edit_distance_table, lta_metrics
 from train_heads.data import DeviceWindows, FeatureBank, iterate_batches
 
 
@@ -68,6 +68,21 @@ def score_sequences(prefix: str, verb: np.ndarray, noun: np.ndarray, future_verb
     """ED@Z and AUED for verbs, nouns and actions, and the mean ED@z curves, under `<prefix>.`."""
     m = lta_metrics(verb, noun, future_verb, future_noun, num_nouns=num_nouns)
     return {f"{prefix}.{name}": value for name, value in m.items() if name != "num_samples"}
+
+
+def sequence_edit_distances(verb: np.ndarray, noun: np.ndarray, future_verb: np.ndarray, future_noun: np.ndarray,
+                            *, num_nouns: int) -> np.ndarray:
+    """Action edit distance / Z of every candidate: (W, K, Z) predictions vs (W, Z) labels -> (W, K).
+
+    The minimum over K of a window's row is that window's action ED@Z (what `score_sequences` averages).
+    """
+    w, k, z = np.shape(verb)
+    action = np.asarray(verb, dtype=np.int64) * num_nouns + np.asarray(noun, dtype=np.int64)  # (W, K, Z)
+    label = np.asarray(future_verb, dtype=np.int64) * num_nouns + np.asarray(future_noun, dtype=np.int64)  # (W, Z)
+    if w == 0:
+        return np.zeros((0, k))
+    table = edit_distance_table(action.reshape(w * k, z), np.repeat(label, k, axis=0))  # (W*K, Z) prefix distances
+    return table[:, -1].reshape(w, k) / z
 
 
 def recognition_accuracy(prefix: str, pred_verb: np.ndarray, pred_noun: np.ndarray, verb: np.ndarray,

@@ -1,0 +1,214 @@
+"""`lta report`: a self-contained HTML page, parsed strictly and checked against independently computed values.
+
+A short training run on synthetic features of the tiny sample (whose clips are real H.264 files), then
+the report on val (coloured), on test (uncoloured) and with the videos missing (placeholders).
+The slow test renders the page in headless Chromium when one is installed.
+"""
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import editdistance
+import html5lib
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_SAMPLE
+
+from features.annotations import load_split
+from features.submission import read_predictions
+from features.synthetic import plan_sample
+from pipelines import cmd_predict, cmd_report, cmd_train_heads
+from train_heads.report import ReportHeader, feature_provenance, render_report
+from train_heads.synthetic_store import write_synthetic_stores
+
+torch.set_num_threads(1)
+N_IN = 2
+MATCH_CLASS = {2: "hit", 1: "half", 0: "miss"}  # the colours the report promises, restated here
+SVG = "{http://www.w3.org/2000/svg}"  # html5lib puts inline SVG elements in the SVG namespace
+
+
+@pytest.fixture(scope="module")
+def run(tiny_sample, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    plan = plan_sample(**{k: v for k, v in TINY_SAMPLE.items()})  # the plan tiny_sample was rendered from
+    write_synthetic_stores(tiny_sample, root / "store", plan, num_views=1, noise=1.0,
+                           modalities={"slowfast": ("slowfast_r101_8x8.synthetic", (32,))})
+    argv = [f"data={tiny_sample}", f"store={root / 'store'}", f"out={root / 'run'}", "num_seen=4",
+            "head.modalities=[{name: slowfast, proj_dim: 32}]", f"head.num_input={N_IN}", "head.aggregator=concat",
+            "train.epochs=4", "train.lr=2e-3", "train.warmup_steps=2", "train.batch_size=16", "train.log_every=50"]
+    assert cmd_train_heads.main(argv) == 0
+    return {"root": root, "run": root / "run", "data": tiny_sample, "store": root / "store"}
+
+
+def _parse(page: str):
+    """Strict HTML5 parse (raises on any parse error); elements without the XHTML namespace prefix."""
+    return html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(page)
+
+
+def _no_external(page: str) -> None:
+    assert not re.search(r"(?i)(https?|ftp):", page)
+    assert not re.search(r"(?i)<(script|link|iframe)\b", page)
+    assert not re.search(r"(?i)(src|href)=\"(?!data:image/jpeg;base64,)", page)
+    assert "url(" not in page
+
+
+def _windows(doc) -> list:
+    return [s for s in doc.iter("section") if s.get("class") == "window"]
+
+
+def _cells(section, row_class: str) -> list[list]:
+    """Per row of `row_class`, its z = 1..Z cells (the ones naming an action in their title)."""
+    return [[td for td in tr.iter("td") if td.get("title")] for tr in section.iter("tr")
+            if row_class in (tr.get("class") or "").split()]
+
+
+@pytest.fixture(scope="module")
+def val_report(run):
+    out = run["root"] / "val.html"
+    assert not (run["run"] / "metrics_val.json").exists()
+    assert cmd_report.main([f"run={run['run']}", "split=val", f"out={out}", "windows=4", "seed=1"]) == 0
+    return out
+
+
+def test_val_report_structure_and_curves(val_report, run):
+    page = val_report.read_text()
+    doc = _parse(page)
+    _no_external(page)
+    metrics = json.loads((run["run"] / "metrics_val.json").read_text())  # written by the evaluate the report ran
+    windows = _windows(doc)
+    assert len(windows) == 4
+    imgs = [i for i in doc.iter("img")]
+    assert len(imgs) == 4 * N_IN and all(i.get("src").startswith("data:image/jpeg;base64,") for i in imgs)
+    for img in imgs:  # real JPEGs of the requested width, not blank frames
+        from io import BytesIO
+
+        from PIL import Image
+
+        pic = Image.open(BytesIO(base64.b64decode(img.get("src").split(",", 1)[1])))
+        assert pic.format == "JPEG" and pic.size == (160, 120) and np.asarray(pic).std() > 5
+    assert doc.find(".//div[@id='synthetic-banner']") is not None and doc.find(".//div[@id='random-weights-banner']") is None
+    # ED table: one row per scored method, values as in metrics_val.json
+    methods = sorted(k[: -len(".action_ed")] for k in metrics if k.endswith(".action_ed"))
+    assert len(methods) == 9 and "model.sample" in methods and "frequency_prior" in methods
+    rows = {tr.get("data-method"): tr for tr in doc.find(".//table[@id='metrics-table']").iter("tr") if tr.get("data-method")}
+    assert sorted(rows) == methods
+    for m in methods:
+        values = [td.text for td in rows[m].iter("td")][1:4]
+        assert values == [f"{metrics[f'{m}.{w}_ed']:.4f}" for w in ("verb", "noun", "action")]
+    # action ED@z chart: one 20-point polyline per method, y = top + (1 - ED@z) * height of the plot frame
+    svg = doc.find(f".//{SVG}svg[@id='ed-curve-action']")
+    frame = svg.find(f"{SVG}rect")
+    top, height = float(frame.get("y")), float(frame.get("height"))
+    lines = {p.get("data-method"): p for p in svg.iter(f"{SVG}polyline")}
+    assert sorted(lines) == methods
+    for m, line in lines.items():
+        pts = np.array([[float(v) for v in p.split(",")] for p in line.get("points").split()])
+        assert pts.shape == (20, 2) and np.all(np.diff(pts[:, 0]) > 0)
+        np.testing.assert_allclose(pts[:, 1], top + (1 - np.array(metrics[f"{m}.action_ed_curve"])) * height, atol=0.06)
+    assert len(list(doc.iter(f"{SVG}svg"))) == 3
+
+
+def test_val_colours_and_edit_distances_match_predict(val_report, run, tmp_path):
+    doc = _parse(val_report.read_text())
+    # the shown sequences are those `lta predict` writes (generator sample, same seed): an independent source
+    pred_path = tmp_path / "val_outputs.json"
+    assert cmd_predict.main([f"run={run['run']}", "split=val", f"out={pred_path}", "seed=1"]) == 0
+    preds = read_predictions(pred_path)
+    ann = load_split(run["data"], "val")
+    row_of = {f"{c}_{a}": r for r, (c, a) in enumerate(zip(ann.clip_uid, ann.action_idx))}
+    checked = 0
+    for section in _windows(doc):
+        key = section.get("data-key")
+        last = row_of[key]
+        truth_v, truth_n = ann.verb[last + 1:last + 21], ann.noun[last + 1:last + 21]
+        pv, pn = np.array(preds[key]["verb"]), np.array(preds[key]["noun"])  # (K, Z)
+        assert pv.shape == (5, 20)
+        (truth_cells,) = _cells(section, "truth")
+        assert [td.get("title") for td in truth_cells] == [f"{ann.taxonomy.verbs[v]} / {ann.taxonomy.nouns[n]}"
+                                                           for v, n in zip(truth_v, truth_n)]
+        pred_rows = _cells(section, "pred")
+        assert len(pred_rows) == 5
+        eds = [float(td.text) for tr in section.iter("tr") for td in tr.iter("td") if td.get("class") == "ed"]
+        for j, cells in enumerate(pred_rows):
+            assert [td.get("title") for td in cells] == [f"{ann.taxonomy.verbs[v]} / {ann.taxonomy.nouns[n]}"
+                                                         for v, n in zip(pv[j], pn[j])]
+            expect = [MATCH_CLASS[int(a == b) + int(c == d)] for a, b, c, d in zip(pv[j], truth_v, pn[j], truth_n)]
+            assert [td.get("class") for td in cells] == expect
+            tokens = lambda v, n: [f"{a}:{b}" for a, b in zip(v, n)]  # noqa: E731
+            assert eds[j] == pytest.approx(editdistance.eval(tokens(pv[j], pn[j]), tokens(truth_v, truth_n)) / 20, abs=0.005)
+        best = [tr for tr in section.iter("tr") if "best" in (tr.get("class") or "").split()]
+        assert len(best) == 1 and int(best[0].get("data-seq")) == int(np.argmin(eds))
+        # thumbnails: the observed segments are the N_IN segments ending at the key, captioned with their labels
+        captions = ["".join(f.find("figcaption").itertext()) for f in section.iter("figure")]
+        assert len(captions) == N_IN
+        for s, r in enumerate(range(last - N_IN + 1, last + 1)):
+            assert captions[s].startswith(f"#{ann.action_idx[r]} ")
+            assert ann.taxonomy.verbs[ann.verb[r]].split("_(")[0].replace("_", " ") in captions[s]
+        checked += 1
+    assert checked == 4
+
+
+def test_test_split_uncoloured_and_missing_video_placeholders(run, tmp_path):
+    out = tmp_path / "test.html"
+    assert cmd_report.main([f"run={run['run']}", "split=test", f"out={out}", "windows=3"]) == 0
+    page = out.read_text()
+    doc = _parse(page)
+    _no_external(page)
+    assert doc.find(".//*[@id='no-metrics']") is not None and doc.find(f".//{SVG}svg") is None
+    sections = _windows(doc)
+    assert len(sections) == 3 and all(not _cells(s, "truth") for s in sections)
+    classes = {td.get("class") for s in sections for row in _cells(s, "pred") for td in row}
+    assert classes == {"unscored"}
+    assert len([i for i in doc.iter("img")]) == 3 * N_IN
+    # the same run with a dataset root that has the annotations but no videos: placeholders, no crash
+    bare = tmp_path / "bare"
+    shutil.copytree(run["data"] / "annotations", bare / "annotations")
+    out = tmp_path / "missing.html"
+    assert cmd_report.main([f"run={run['run']}", "split=val", f"out={out}", "windows=2", f"data={bare}"]) == 0
+    page = out.read_text()
+    doc = _parse(page)
+    assert not list(doc.iter("img"))
+    missing = [d for d in doc.iter("div") if d.get("class") == "thumb missing"]
+    assert len(missing) == 2 * N_IN and "clips_hq/" in missing[0].get("title")
+    assert page.count("video missing") == 2
+
+
+def test_random_weight_banner_and_escaping():
+    assert feature_provenance({"extractor": {"name": "clip_vit_b32.openai", "weights": "random"}})[0] == "random"
+    assert feature_provenance({"extractor": {"name": "x", "weights": "/ckpt.pt"}})[0] == "pretrained"
+    assert feature_provenance({"synthetic": True})[0] == "synthetic"
+
+    class Tax:
+        verbs, nouns = ("take_(<b>)",), ("nut",)
+
+    header = ReportHeader(run_name="<script>alert(1)</script>", split="test", checkpoint="best", generator="sample",
+                          seed=0, num_split_windows=0, random_weight_keys=["clip_vit_b32.openai-0123456789"])
+    page = render_report(header, None, [], Tax())
+    doc = _parse(page)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "RANDOM-WEIGHT" in "".join(doc.find(".//div[@id='random-weights-banner']").itertext())
+
+
+@pytest.mark.slow
+def test_chromium_renders_report(val_report, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no chromium binary on PATH (apt-get install chromium); the strict HTML parse still ran")
+    from PIL import Image
+
+    png = tmp_path / "report.png"
+    width, height = 1280, 2400
+    res = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                          f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},{height}",
+                          f"--screenshot={png}", val_report.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and png.is_file(), res.stderr[-2000:]
+    img = np.asarray(Image.open(png).convert("RGB")).astype(np.int64)
+    assert img.shape == (height, width, 3) and img.std() > 20
+    # the correctness colours and the thumbnails were painted (not just a white page with text)
+    for rgb in ((0xa5, 0xd6, 0xa7), (0xef, 0x9a, 0x9a)):
+        assert (np.abs(img - np.array(rgb)).sum(-1) <= 6).sum() > 200, rgb
