@@ -118,7 +118,12 @@ def window_frame_indices(start_sec: float, end_sec: float, *, num_frames: int, s
 
 @dataclass(frozen=True)
 class ClipInfo:
-    """What PyAV says about a clip without decoding it: frames, fps, size and keyframe indices."""
+    """What PyAV says about a clip: frames, fps, display size, rotation and keyframe indices.
+
+    `width`/`height` are the display size: a clip whose display matrix rotates it by +-90 degrees
+    has them swapped relative to the coded frames, and `decode_frames` yields frames rotated
+    upright, as ffmpeg (and so `lta resize`) shows them.
+    """
 
     path: str
     num_frames: int
@@ -127,56 +132,123 @@ class ClipInfo:
     height: int
     keyframes: np.ndarray  # (K,) sorted frame indices of keyframes
     keyframe_pts: np.ndarray  # (K,) their presentation timestamps (stream time base), the seek targets
+    rotation: int = 0  # counter-clockwise degrees in {0, 90, 180, 270} that make the coded frames upright
+    variable_rate: bool = False  # timestamps off the 1/fps grid (only with probe_clip(allow_vfr=True))
+    span_sec: float = 0.0  # first to last timestamp plus one frame duration (0: num_frames / fps)
 
     @property
     def duration_sec(self) -> float:
-        return self.num_frames / self.fps
+        return self.span_sec or self.num_frames / self.fps
 
 
 def _frame_index(pts: int, time_base: float, start_pts: int, fps: float) -> int:
     return int(round((pts - start_pts) * time_base * fps))
 
 
-def probe_clip(path: Path | str) -> ClipInfo:
-    """Frame count, fps, size and keyframe indices by demuxing every packet (no decoding).
+def _grid_fps(pts: np.ndarray, time_base: float, start_pts: int, fps: float) -> float | None:
+    """`fps` if the sorted timestamps sit on its grid, else the rate of their constant spacing, else None.
+
+    ffmpeg's constant-rate output of a variable-rate source can report an average rate that is not
+    its frame spacing (the container duration keeps the source's last frame duration), hence the
+    second try.
+    """
+    ordered = np.sort(pts)
+    if np.array_equal([_frame_index(p, time_base, start_pts, fps) for p in ordered], np.arange(len(ordered))):
+        return fps
+    steps = np.diff(ordered)
+    if len(steps) and steps.min() > 0 and steps.max() - steps.min() <= 1:  # constant spacing (1 tick of rounding)
+        grid = 1.0 / (float(np.mean(steps)) * time_base)
+        if np.array_equal([_frame_index(p, time_base, start_pts, grid) for p in ordered], np.arange(len(ordered))):
+            return grid
+    return None
+
+
+def _display_rotation(path: Path) -> int:
+    """Counter-clockwise degrees (0/90/180/270) of the clip's display matrix, read from its first frame."""
+    import av
+
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0), None)
+    if frame is None:
+        raise DecodeError(f"{path}: no decodable video frame")
+    rotation = int(round(frame.rotation or 0)) % 360
+    if rotation % 90:
+        raise DecodeError(f"{path}: display rotation of {rotation} degrees is not a multiple of 90 (unsupported)")
+    return rotation
+
+
+def probe_clip(path: Path | str, *, allow_vfr: bool = False) -> ClipInfo:
+    """Frame count, fps, size, rotation and keyframe indices by demuxing every packet (decoding one frame).
+
+    Args:
+        allow_vfr: accept timestamps off a constant-rate grid (`lta resize` re-times such sources);
+            frame indices are then only approximate, so decoding refuses them.
 
     Raises:
-        DecodeError: the file is missing, not a video, or holds no video frames.
+        DecodeError: the file is missing, empty, not a video, truncated (fewer or cut packets than
+            its index lists), variable-rate (unless `allow_vfr`) or holds no video frames.
     """
     import av
 
     path = Path(path)
     if not path.is_file():
         raise DecodeError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise DecodeError(f"{path}: empty file (0 bytes)")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise DecodeError(f"{path}: no video stream")
+                kinds = sorted({s.type for s in container.streams}) or ["none"]
+                raise DecodeError(f"{path}: no video stream (streams: {', '.join(kinds)})")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             if not rate:
                 raise DecodeError(f"{path}: unknown frame rate")
             fps = float(rate)
             time_base = float(stream.time_base)
-            pts, key = [], []
+            listed = int(stream.frames or 0)  # frames in the container index (mp4 sample table); 0 if unknown
+            pts, key, cut = [], [], 0
             for packet in container.demux(stream):
                 if packet.pts is None or packet.size == 0:
                     continue
                 pts.append(packet.pts)
                 key.append(packet.is_keyframe)
+                cut += bool(packet.is_corrupt)
             width, height = stream.codec_context.width, stream.codec_context.height
+            start_time = stream.start_time
     except av.error.FFmpegError as err:
-        raise DecodeError(f"{path}: cannot read ({err})") from None
+        raise DecodeError(f"{path}: not a readable video file ({size} bytes; truncated download or not a video?): "
+                          f"{err.strerror or err}") from None
     if not pts:
         raise DecodeError(f"{path}: no video frames")
-    start_pts = stream.start_time if stream.start_time is not None else min(pts)
-    idx = np.array([_frame_index(p, time_base, start_pts, fps) for p in pts], dtype=np.int64)
+    if (listed and len(pts) < listed) or cut:
+        raise DecodeError(f"{path}: truncated: the container lists {listed or '?'} frames, {len(pts)} packets are "
+                          f"present, {cut} cut short ({size} bytes)")
+    start_pts = start_time if start_time is not None else min(pts)
+    pts_arr = np.asarray(pts, dtype=np.int64)
+    grid = _grid_fps(pts_arr, time_base, start_pts, fps)
+    if grid is None and not allow_vfr:
+        raise DecodeError(f"{path}: variable frame rate: {len(pts)} timestamps are not on a constant 1/fps grid "
+                          f"(average {fps:.3f} fps); re-time it to a constant rate first (`lta resize` does)")
+    fps = grid or fps
+    steps = np.diff(np.sort(pts_arr))
+    span_sec = ((pts_arr.max() - start_pts) + (float(np.median(steps)) if len(steps) else 1.0 / fps / time_base)) * time_base
+    rotation = _display_rotation(path)
+    if rotation in (90, 270):
+        width, height = height, width
+    if grid is None:  # approximate indices, made unique by order (resize only reads the count and size)
+        idx = np.empty(len(pts), dtype=np.int64)
+        idx[np.argsort(pts_arr, kind="stable")] = np.arange(len(pts))
+    else:
+        idx = np.array([_frame_index(p, time_base, start_pts, fps) for p in pts], dtype=np.int64)
     order = np.argsort(idx)
     is_key = np.asarray(key, dtype=bool)[order]
     keyframes, first = np.unique(idx[order][is_key], return_index=True)
-    keyframe_pts = np.asarray(pts, dtype=np.int64)[order][is_key][first]
+    keyframe_pts = pts_arr[order][is_key][first]
     return ClipInfo(str(path), num_frames=int(idx.max()) + 1, fps=fps, width=width, height=height,
-                    keyframes=keyframes, keyframe_pts=keyframe_pts)
+                    keyframes=keyframes, keyframe_pts=keyframe_pts, rotation=rotation, variable_rate=grid is None,
+                    span_sec=0.0 if grid is not None else float(span_sec))
 
 
 def plan_decode(needed: np.ndarray, keyframes: np.ndarray, *, seek_cost: int = SEEK_COST_FRAMES) -> list[tuple[int, int]]:
@@ -234,6 +306,8 @@ def decode_frames(path: Path | str, needed: Sequence[int], *, info: ClipInfo | N
 
     t_start = time.perf_counter()
     info = info or probe_clip(path)
+    if info.variable_rate:
+        raise DecodeError(f"{path}: variable frame rate; frame indices are ambiguous, re-time it first (`lta resize`)")
     needed_arr = np.unique(np.asarray(needed, dtype=np.int64))
     stats = DecodeStats(frames_used=len(needed_arr))
     if len(needed_arr) == 0:
@@ -264,7 +338,8 @@ def decode_frames(path: Path | str, needed: Sequence[int], *, info: ClipInfo | N
                         raise DecodeError(f"{path}: frame {int(needed_arr[cursor])} missing from the stream")
                     if cursor < len(needed_arr) and needed_arr[cursor] == idx:
                         cursor += 1
-                        yield idx, frame.to_ndarray(format="rgb24")
+                        rgb = frame.to_ndarray(format="rgb24")
+                        yield idx, np.ascontiguousarray(np.rot90(rgb, info.rotation // 90)) if info.rotation else rgb
                     if idx >= last_idx:
                         break
             if cursor < len(needed_arr):

@@ -70,24 +70,32 @@ def expected_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return w + w % 2, h + h % 2
 
 
-def resize_command(src: Path | str, dst: Path | str, params: ResizeParams, *, exe: str | None = None) -> list[str]:
-    """The ffmpeg argument list (built with ffmpeg-python) that resizes `src` into `dst` (mp4)."""
+def resize_command(src: Path | str, dst: Path | str, params: ResizeParams, *, exe: str | None = None,
+                   constant_rate_fps: float | None = None) -> list[str]:
+    """The ffmpeg argument list (built with ffmpeg-python) that resizes `src` into `dst` (mp4).
+
+    `constant_rate_fps` (for variable-rate sources) adds `-fps_mode cfr -r FPS`: frames are
+    duplicated or dropped onto a constant grid, so every frame index has one timestamp.
+    """
     import ffmpeg
 
     s = params.short_side
+    retime = {"fps_mode": "cfr", "r": f"{constant_rate_fps:.6f}"} if constant_rate_fps else {}
     stream = (
         ffmpeg.input(str(src))
         .filter("scale", s, s, force_original_aspect_ratio="increase")
         .filter("pad", "iw+mod(iw,2)", "ih+mod(ih,2)")
         .output(str(dst), vcodec="libx264", crf=params.crf, g=params.keyframe_interval, preset=params.preset,
-                pix_fmt="yuv420p", an=None, format="mp4")
+                pix_fmt="yuv420p", an=None, format="mp4", **retime)
     )
     # global options first: `-loglevel error` keeps stderr to real errors, which we capture and report
     return [exe or ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error", *ffmpeg.get_args(stream)]
 
 
-def check_output(path: Path, *, want_size: tuple[int, int] | None, want_frames: int | None) -> str:
-    """'' when `path` decodes with the expected size and frame count (within 1 frame), else the reason."""
+def check_output(path: Path, *, want_size: tuple[int, int] | None, want_frames: int | None,
+                 want_duration_sec: float | None = None) -> str:
+    """'' when `path` decodes at a constant frame rate with the expected size and frame count (within 1
+    frame) or duration (within 2 frames, for a variable-rate source), else the reason."""
     import av
 
     from extract.decode import DecodeError, probe_clip
@@ -102,36 +110,45 @@ def check_output(path: Path, *, want_size: tuple[int, int] | None, want_frames: 
         return f"output size {info.width}x{info.height}, expected {want_size[0]}x{want_size[1]}"
     if want_frames is not None and abs(info.num_frames - want_frames) > 1:
         return f"output has {info.num_frames} frames, source has {want_frames}"
+    if want_duration_sec is not None and abs(info.duration_sec - want_duration_sec) > 2 / info.fps:
+        return f"output lasts {info.duration_sec:.3f} s, source {want_duration_sec:.3f} s"
     return ""
 
 
 def resize_clip(src: Path, dst: Path, params: ResizeParams, *, exe: str | None = None) -> ResizeResult:
-    """Resize one clip atomically; skip it when `dst` already exists and checks out. Never raises for bad input."""
+    """Resize one clip atomically; skip it when `dst` already exists and checks out. Never raises for bad input.
+
+    Sources with rotation metadata come out upright (ffmpeg applies the display matrix, so the
+    expected size is the displayed one); variable-rate sources come out at a constant rate (ffmpeg's
+    mp4 default), checked by duration instead of frame count.
+    """
     from extract.decode import DecodeError, probe_clip
 
     t0 = time.perf_counter()
     uid = src.stem
     try:
-        info = probe_clip(src)
+        info = probe_clip(src, allow_vfr=True)
     except DecodeError as err:
         return ResizeResult(uid, "failed", f"source unreadable: {err}", time.perf_counter() - t0)
     want = expected_size(info.width, info.height, params.short_side)
+    checks = dict(want_size=want, want_frames=None if info.variable_rate else info.num_frames,
+                  want_duration_sec=info.duration_sec if info.variable_rate else None)
     if dst.exists():
-        reason = check_output(dst, want_size=want, want_frames=info.num_frames)
+        reason = check_output(dst, **checks)
         if not reason:
             return ResizeResult(uid, "skipped", "", time.perf_counter() - t0, info.duration_sec)
         log.warning("%s: redoing existing output (%s)", dst, reason)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.stem}.tmp-{uuid.uuid4().hex[:8]}.mp4")
     try:
-        cmd = resize_command(src, tmp, params, exe=exe)
+        cmd = resize_command(src, tmp, params, exe=exe, constant_rate_fps=info.fps if info.variable_rate else None)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             err = proc.stderr.strip().splitlines()
             err = err if len(err) <= 6 else [*err[:3], "...", *err[-3:]]
             return ResizeResult(uid, "failed", f"ffmpeg exit {proc.returncode}: {' | '.join(err) or 'no stderr'}",
                                 time.perf_counter() - t0)
-        reason = check_output(tmp, want_size=want, want_frames=info.num_frames)
+        reason = check_output(tmp, **checks)
         if reason:
             return ResizeResult(uid, "failed", reason, time.perf_counter() - t0)
         os.replace(tmp, dst)
