@@ -103,6 +103,8 @@ def _config_summary(run: Any) -> dict[str, str]:
                    f"num_input {head.get('num_input')}, num_future {head.get('num_future')}"}
     if train:
         out["training"] = ", ".join(f"{k} {train[k]}" for k in ("epochs", "batch_size", "lr", "optimizer") if k in train)
+    if "imported_from" in run.cfg:
+        out["imported from"] = str(run.cfg["imported_from"].get("ckpt", "?"))
     best = run.metrics
     if "best" in best:
         out["best during training"] = f"{best.get('select_metric', '?')} {best['best']:.4f} at epoch {best.get('best_epoch', '?')}"
@@ -135,7 +137,10 @@ def _run(cfg: ReportConfig) -> int:
         raise ValueError(f"need windows >= 0 and thumb_width >= 16, got {cfg.windows} and {cfg.thumb_width}")
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     rc, head = run.cfg, run.cfg["head"]
-    data, store = cfg.data or rc["data"], cfg.store or rc["store"]
+    data, store = cfg.data or rc.get("data", ""), cfg.store or rc.get("store", "")
+    if not data or not store:
+        raise ValueError(f"{cfg.run}/config.yaml records no dataset root or store root (an imported run?); "
+                         "pass data=... and store=...")
     num_seen, convention = max(rc.get("num_seen", 0), head["num_input"]), rc.get("convention", "plus_one")
     k, z, n_in = rc.get("train", {}).get("num_sequences", 5), head["num_future"], head["num_input"]
     ann = load_split(data, cfg.split)

@@ -9,7 +9,7 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
+from io import BytesIO
 
 import editdistance
 import html5lib
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_SAMPLE
+from PIL import Image
 
 from features.annotations import load_split
 from features.submission import read_predictions
@@ -34,7 +35,7 @@ SVG = "{http://www.w3.org/2000/svg}"  # html5lib puts inline SVG elements in the
 @pytest.fixture(scope="module")
 def run(tiny_sample, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    plan = plan_sample(**{k: v for k, v in TINY_SAMPLE.items()})  # the plan tiny_sample was rendered from
+    plan = plan_sample(**TINY_SAMPLE)  # the plan tiny_sample was rendered from
     write_synthetic_stores(tiny_sample, root / "store", plan, num_views=1, noise=1.0,
                            modalities={"slowfast": ("slowfast_r101_8x8.synthetic", (32,))})
     argv = [f"data={tiny_sample}", f"store={root / 'store'}", f"out={root / 'run'}", "num_seen=4",
@@ -69,8 +70,9 @@ def _cells(section, row_class: str) -> list[list]:
 @pytest.fixture(scope="module")
 def val_report(run):
     out = run["root"] / "val.html"
-    assert not (run["run"] / "metrics_val.json").exists()
+    (run["run"] / "metrics_val.json").unlink(missing_ok=True)  # the report must run `lta evaluate` itself
     assert cmd_report.main([f"run={run['run']}", "split=val", f"out={out}", "windows=4", "seed=1"]) == 0
+    assert (run["run"] / "metrics_val.json").is_file()
     return out
 
 
@@ -84,10 +86,6 @@ def test_val_report_structure_and_curves(val_report, run):
     imgs = [i for i in doc.iter("img")]
     assert len(imgs) == 4 * N_IN and all(i.get("src").startswith("data:image/jpeg;base64,") for i in imgs)
     for img in imgs:  # real JPEGs of the requested width, not blank frames
-        from io import BytesIO
-
-        from PIL import Image
-
         pic = Image.open(BytesIO(base64.b64decode(img.get("src").split(",", 1)[1])))
         assert pic.format == "JPEG" and pic.size == (160, 120) and np.asarray(pic).std() > 5
     assert doc.find(".//div[@id='synthetic-banner']") is not None and doc.find(".//div[@id='random-weights-banner']") is None
@@ -168,9 +166,13 @@ def test_test_split_uncoloured_and_missing_video_placeholders(run, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(run["data"] / "annotations", bare / "annotations")
     out = tmp_path / "missing.html"
-    assert cmd_report.main([f"run={run['run']}", "split=val", f"out={out}", "windows=2", f"data={bare}"]) == 0
+    ann = load_split(bare, "val")
+    keys = [f"{ann.clip_uid[0]}_{ann.action_idx[r]}" for r in (6, 3)]  # windows picked by key, in the given order
+    assert cmd_report.main([f"run={run['run']}", "split=val", f"out={out}", f"keys=[{keys[0]},{keys[1]}]",
+                            f"data={bare}"]) == 0
     page = out.read_text()
     doc = _parse(page)
+    assert [s.get("data-key") for s in _windows(doc)] == keys
     assert not list(doc.iter("img"))
     missing = [d for d in doc.iter("div") if d.get("class") == "thumb missing"]
     assert len(missing) == 2 * N_IN and "clips_hq/" in missing[0].get("title")
@@ -194,11 +196,11 @@ def test_random_weight_banner_and_escaping():
 
 
 @pytest.mark.slow
-def test_chromium_renders_report(val_report, tmp_path):
+def test_chromium_renders_report(request, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
         pytest.skip("no chromium binary on PATH (apt-get install chromium); the strict HTML parse still ran")
-    from PIL import Image
+    val_report = request.getfixturevalue("val_report")
 
     png = tmp_path / "report.png"
     width, height = 1280, 2400
