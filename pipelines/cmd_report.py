@@ -186,7 +186,7 @@ def _run(cfg: ReportConfig) -> int:
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)
     missing = sum(jpeg is None for jpeg, _ in thumbs.values())
-    print(f"wrote {out} ({len(page) / 1e3:.0f} kB): {len(reports)} windows, {len(thumbs) - missing} thumbnails, "
+    print(f"wrote {out} ({len(page) / 1e3:.0f} kB): {len(reports)} windows, {len(thumbs) - missing} distinct segment thumbnails, "
           f"{missing} placeholders for missing video; open file://{out.resolve()}")
     return 0
 
