@@ -25,7 +25,8 @@ class ExtractConfig:
     device: str = opt("cuda", "cuda | cpu (no silent fallback)")
     batch_size: int = opt(32, "windows per model forward")
     shard: str = opt("0/1", "i/n: process the chunk-aligned row range of shard i of n")
-    weights: str = opt("default", "default | random | PATH for all, or NAME:VALUE,NAME:VALUE per extractor")
+    weights: str = opt("default", "default | random | PATH | RUN_DIR of finetune-backbone (for <arch>.<run name>) "
+                                  "for all, or NAME:VALUE,NAME:VALUE per extractor")
     crop_size: int = opt(0, "crop override for every extractor (0: spec default; CPU-sized runs)")
     decode_workers: int = opt(2, "background decode threads")
     dtype: str = opt("float16", "stored dtype: float16 | float32")

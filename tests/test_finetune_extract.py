@@ -98,3 +98,28 @@ def test_heads_train_on_the_finetuned_features(pipeline):
     metrics = json.loads((heads / "metrics.json").read_text())
     assert len(metrics["history"]) == 1
     assert (heads / "checkpoints" / "last.pt").is_file()
+
+
+def test_kinetics_init_file_is_read_safely(tmp_path):
+    """`init=kinetics:PATH` reads a model-zoo .pyth through the restricted unpickler: weights load, pickled calls are refused."""
+    from extract.finetune_model import init_backbone, make_spec
+    from features.checkpoint_io import UnsafeCheckpointError
+
+    spec = make_spec("slowfast_r50_8x8", width_per_group=8, crop_size=32, num_frames=8)
+    source = build_backbone(spec)
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    state["blocks.6.proj.weight"] = torch.zeros(400, spec.feature_dim)  # the Kinetics classifier is dropped
+    path = tmp_path / "SLOWFAST_8x8_R50.pyth"
+    torch.save({"epoch": 196, "model_state": state, "cfg": "RESNET:\n  DEPTH: 50\n"}, path)
+    target = build_backbone(spec)
+    assert init_backbone(target, spec, f"kinetics:{path}") == f"kinetics weights {path}"
+    for k, v in target.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+    class RunsCode:
+        def __reduce__(self):
+            return print, ("pickled code ran",)
+
+    torch.save({"model_state": state, "cfg": RunsCode()}, path)
+    with pytest.raises(UnsafeCheckpointError, match=rf"{path}: .*print.*not on the allow-list"):
+        init_backbone(build_backbone(spec), spec, f"kinetics:{path}")
