@@ -133,12 +133,12 @@ class ClipInfo:
     keyframes: np.ndarray  # (K,) sorted frame indices of keyframes
     keyframe_pts: np.ndarray  # (K,) their presentation timestamps (stream time base), the seek targets
     rotation: int = 0  # counter-clockwise degrees in {0, 90, 180, 270} that make the coded frames upright
-    variable_rate: bool = False  # timestamps off the 1/fps grid (only with probe_clip(allow_vfr=True))
-    span_sec: float = 0.0  # first to last timestamp plus one frame duration (0: num_frames / fps)
+    variable_rate: bool = False  # timestamps do not round onto the 1/fps grid (only with probe_clip(allow_vfr=True))
+    constant_spacing: bool = True  # timestamps exactly 1/fps apart (False: jitter, or variable_rate)
 
     @property
     def duration_sec(self) -> float:
-        return self.span_sec or self.num_frames / self.fps
+        return self.num_frames / self.fps  # fps is the average rate for a variable-rate clip
 
 
 def _frame_index(pts: int, time_base: float, start_pts: int, fps: float) -> int:
@@ -180,9 +180,13 @@ def _display_rotation(path: Path) -> int:
 def probe_clip(path: Path | str, *, allow_vfr: bool = False) -> ClipInfo:
     """Frame count, fps, size, rotation and keyframe indices by demuxing every packet (decoding one frame).
 
+    Frame i is the packet whose timestamp rounds to i / fps: timestamps that jitter by less than half
+    a frame still give every frame its own index (`constant_spacing` is then False); timestamps that
+    do not (bursts, gaps) are a variable frame rate.
+
     Args:
-        allow_vfr: accept timestamps off a constant-rate grid (`lta resize` re-times such sources);
-            frame indices are then only approximate, so decoding refuses them.
+        allow_vfr: accept a variable frame rate (`lta resize` re-times such sources); frame indices
+            are then only approximate, so decoding refuses them.
 
     Raises:
         DecodeError: the file is missing, empty, not a video, truncated (fewer or cut packets than
@@ -233,7 +237,7 @@ def probe_clip(path: Path | str, *, allow_vfr: bool = False) -> ClipInfo:
                           f"(average {fps:.3f} fps); re-time it to a constant rate first (`lta resize` does)")
     fps = grid or fps
     steps = np.diff(np.sort(pts_arr))
-    span_sec = ((pts_arr.max() - start_pts) + (float(np.median(steps)) if len(steps) else 1.0 / fps / time_base)) * time_base
+    constant_spacing = grid is not None and (len(steps) == 0 or int(steps.max() - steps.min()) <= 1)
     rotation = _display_rotation(path)
     if rotation in (90, 270):
         width, height = height, width
@@ -248,7 +252,7 @@ def probe_clip(path: Path | str, *, allow_vfr: bool = False) -> ClipInfo:
     keyframe_pts = pts_arr[order][is_key][first]
     return ClipInfo(str(path), num_frames=int(idx.max()) + 1, fps=fps, width=width, height=height,
                     keyframes=keyframes, keyframe_pts=keyframe_pts, rotation=rotation, variable_rate=grid is None,
-                    span_sec=0.0 if grid is not None else float(span_sec))
+                    constant_spacing=constant_spacing)
 
 
 def plan_decode(needed: np.ndarray, keyframes: np.ndarray, *, seek_cost: int = SEEK_COST_FRAMES) -> list[tuple[int, int]]:

@@ -220,7 +220,10 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
         nv = len(views)
         while items and (flush or len(items) * nv >= batch_size):
             take = max(1, batch_size // nv)
-            batch, items[:] = items[:take], items[take:]
+            shape = items[0][1].shape  # clips of other sizes wait for a batch of their own
+            picked = [i for i, (_, f) in enumerate(items) if f.shape == shape][:take]
+            batch = [items[i] for i in picked]
+            items[:] = [it for i, it in enumerate(items) if i not in set(picked)]
             frames = np.concatenate([f for _, f in batch])  # (B * V, T, H, W, 3)
             t0 = time.perf_counter()
             feats = ext(frames).numpy().reshape(len(batch), nv, *ext.spec.view_shape)

@@ -95,7 +95,7 @@ def resize_command(src: Path | str, dst: Path | str, params: ResizeParams, *, ex
 def check_output(path: Path, *, want_size: tuple[int, int] | None, want_frames: int | None,
                  want_duration_sec: float | None = None) -> str:
     """'' when `path` decodes at a constant frame rate with the expected size and frame count (within 1
-    frame) or duration (within 2 frames, for a variable-rate source), else the reason."""
+    frame) or duration (within 3 frames + 1%, for a re-timed source), else the reason."""
     import av
 
     from extract.decode import DecodeError, probe_clip
@@ -110,7 +110,8 @@ def check_output(path: Path, *, want_size: tuple[int, int] | None, want_frames: 
         return f"output size {info.width}x{info.height}, expected {want_size[0]}x{want_size[1]}"
     if want_frames is not None and abs(info.num_frames - want_frames) > 1:
         return f"output has {info.num_frames} frames, source has {want_frames}"
-    if want_duration_sec is not None and abs(info.duration_sec - want_duration_sec) > 2 / info.fps:
+    # re-timing a variable-rate source may add or drop a few frames (its last frame's duration is a guess)
+    if want_duration_sec is not None and abs(info.duration_sec - want_duration_sec) > 3 / info.fps + 0.01 * want_duration_sec:
         return f"output lasts {info.duration_sec:.3f} s, source {want_duration_sec:.3f} s"
     return ""
 
@@ -119,8 +120,8 @@ def resize_clip(src: Path, dst: Path, params: ResizeParams, *, exe: str | None =
     """Resize one clip atomically; skip it when `dst` already exists and checks out. Never raises for bad input.
 
     Sources with rotation metadata come out upright (ffmpeg applies the display matrix, so the
-    expected size is the displayed one); variable-rate sources come out at a constant rate (ffmpeg's
-    mp4 default), checked by duration instead of frame count.
+    expected size is the displayed one); sources whose timestamps are not evenly spaced are re-timed
+    to a constant rate at their average fps (`-fps_mode cfr -r`), checked by duration instead of frame count.
     """
     from extract.decode import DecodeError, probe_clip
 
@@ -131,8 +132,9 @@ def resize_clip(src: Path, dst: Path, params: ResizeParams, *, exe: str | None =
     except DecodeError as err:
         return ResizeResult(uid, "failed", f"source unreadable: {err}", time.perf_counter() - t0)
     want = expected_size(info.width, info.height, params.short_side)
-    checks = dict(want_size=want, want_frames=None if info.variable_rate else info.num_frames,
-                  want_duration_sec=info.duration_sec if info.variable_rate else None)
+    retime = not info.constant_spacing  # variable rate or jittery timestamps: write a constant rate
+    checks = dict(want_size=want, want_frames=None if retime else info.num_frames,
+                  want_duration_sec=info.duration_sec if retime else None)
     if dst.exists():
         reason = check_output(dst, **checks)
         if not reason:
@@ -141,7 +143,7 @@ def resize_clip(src: Path, dst: Path, params: ResizeParams, *, exe: str | None =
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.stem}.tmp-{uuid.uuid4().hex[:8]}.mp4")
     try:
-        cmd = resize_command(src, tmp, params, exe=exe, constant_rate_fps=info.fps if info.variable_rate else None)
+        cmd = resize_command(src, tmp, params, exe=exe, constant_rate_fps=info.fps if retime else None)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             err = proc.stderr.strip().splitlines()
