@@ -29,6 +29,7 @@ ANNOTATION_DIR = "annotations"
 RAW_CLIP_DIR = "clips_hq"
 RESIZED_CLIP_DIR = "clips"
 UNLABELLED = -1
+MAX_ACTION_IDX = 2**31 - 1  # action_idx must fit the store's int64 row keys with room to spare
 
 _SAFE_UID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 
@@ -63,6 +64,12 @@ class AnnotationError(ValueError):
     """A malformed annotation file; the message names the file, the record and the field."""
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """repr of `value`, cut to `limit` characters (a 1 MB field must not become a 1 MB message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
 def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
     if isinstance(value, bool):  # JSON true/false are not numbers here
         return False
@@ -72,7 +79,7 @@ def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
 def check_clip_uid(clip_uid: str) -> str:
     """Return `clip_uid` if it is a safe file name (no separators, no `..`), else raise ValueError."""
     if not isinstance(clip_uid, str) or not _SAFE_UID.match(clip_uid) or ".." in clip_uid:
-        raise ValueError(f"unsafe clip_uid {clip_uid!r}: must match {_SAFE_UID.pattern} and not contain '..'")
+        raise ValueError(f"unsafe clip_uid {_short(clip_uid)}: must match {_SAFE_UID.pattern} and not contain '..'")
     return clip_uid
 
 
@@ -132,14 +139,34 @@ def load_taxonomy(path: Path | str) -> Taxonomy:
     return Taxonomy(verbs=lists["verbs"], nouns=lists["nouns"], path=str(path))
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json object hook: a key given twice in one object is ambiguous (json.load keeps the last), so refuse it."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key, pairs)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str, pairs: list[tuple[str, Any]]):
+        ident = {k: v for k, v in pairs if k in ("clip_uid", "action_idx") and not isinstance(v, (dict, list))}
+        super().__init__(f"key {_short(key)} appears twice in one object{f' ({ident})' if ident else ''}")
+
+
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise AnnotationError(f"{path}: file not found")
     try:
         with open(path, "rb") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+    except _DuplicateKey as err:
+        raise AnnotationError(f"{path}: duplicate JSON key: {err}") from None
+    except RecursionError:
+        raise AnnotationError(f"{path}: JSON nested too deeply (not an Ego4D annotation file)") from None
 
 
 @dataclass
@@ -183,7 +210,7 @@ def _validate_record(path: Path, index: int, record: Any, labelled: bool, taxono
     def fail(field_name: str, what: str) -> None:
         ident = ""
         if isinstance(record, dict):
-            ident = f" (clip_uid={record.get('clip_uid')!r}, action_idx={record.get('action_idx')!r})"
+            ident = f" (clip_uid={_short(record.get('clip_uid'))}, action_idx={_short(record.get('action_idx'))})"
         raise AnnotationError(f"{path}: record {index}{ident}: field '{field_name}': {what}")
 
     if not isinstance(record, dict):
@@ -193,27 +220,31 @@ def _validate_record(path: Path, index: int, record: Any, labelled: bool, taxono
         if name not in record:
             fail(name, "missing")
         if not _type_ok(record[name], types):
-            fail(name, f"expected {'/'.join(t.__name__ for t in types)}, got {type(record[name]).__name__} {record[name]!r}")
+            fail(name, f"expected {'/'.join(t.__name__ for t in types)}, got {type(record[name]).__name__} {_short(record[name])}")
     for name, types in dict(_OPTIONAL_FIELDS, **({} if labelled else _LABEL_FIELDS)).items():
         if name in record and record[name] is not None and not _type_ok(record[name], types):
-            fail(name, f"expected {'/'.join(t.__name__ for t in types)}, got {type(record[name]).__name__} {record[name]!r}")
+            fail(name, f"expected {'/'.join(t.__name__ for t in types)}, got {type(record[name]).__name__} {_short(record[name])}")
     try:
         check_clip_uid(record["clip_uid"])
     except ValueError as err:
         fail("clip_uid", str(err))
-    if record["action_idx"] < 0:
-        fail("action_idx", f"must be >= 0, got {record['action_idx']}")
+    if not 0 <= record["action_idx"] <= MAX_ACTION_IDX:
+        fail("action_idx", f"must be in [0, {MAX_ACTION_IDX}], got {_short(record['action_idx'])}")
     start, end = record["action_clip_start_sec"], record["action_clip_end_sec"]
     for name, value in (("action_clip_start_sec", start), ("action_clip_end_sec", end)):
-        if not math.isfinite(value) or value < 0:
-            fail(name, f"must be a finite time >= 0, got {value!r}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int beyond float range
+            finite = False
+        if not finite or value < 0:
+            fail(name, f"must be a finite time >= 0, got {_short(value)}")
     if end < start:
         fail("action_clip_end_sec", f"end {end} is before start {start}")
     if labelled:
         if not 0 <= record["verb_label"] < taxonomy.num_verbs:
-            fail("verb_label", f"{record['verb_label']} out of taxonomy range [0, {taxonomy.num_verbs}) ({taxonomy.path})")
+            fail("verb_label", f"{_short(record['verb_label'])} out of taxonomy range [0, {taxonomy.num_verbs}) ({taxonomy.path})")
         if not 0 <= record["noun_label"] < taxonomy.num_nouns:
-            fail("noun_label", f"{record['noun_label']} out of taxonomy range [0, {taxonomy.num_nouns}) ({taxonomy.path})")
+            fail("noun_label", f"{_short(record['noun_label'])} out of taxonomy range [0, {taxonomy.num_nouns}) ({taxonomy.path})")
 
 
 def parse_split(path: Path | str, split: str, taxonomy: Taxonomy, *, labelled: bool | None = None) -> SplitAnnotations:
