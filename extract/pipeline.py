@@ -312,13 +312,17 @@ def todo_rows_for(name: str, job_rows: list[int], todo_mask: dict[str, np.ndarra
 
 
 def _append_failures(path: Path, records: list[dict]) -> None:
+    """Append the records; on a full disk log them instead, so the error that stopped the run stays the one raised."""
     if not records:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    with open(path, "a") as f:
-        for rec in records:
-            f.write(json.dumps(dict(rec, time=stamp), sort_keys=True) + "\n")
+    lines = "".join(json.dumps(dict(rec, time=stamp), sort_keys=True) + "\n" for rec in records)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(lines)  # one write: concurrent shards append whole lines
+    except OSError as err:
+        log.error("cannot append %d failure records to %s (%s); they were:\n%s", len(records), path, err, lines)
 
 
 def verify_stores(store_root: Path | str, keys: Sequence[str], failures_path: Path | str | None = None) -> dict[str, int]:

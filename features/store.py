@@ -37,6 +37,10 @@ class StoreError(ValueError):
     """A store that does not match what the caller asked for (schema, key, rows, shape)."""
 
 
+class StoreWriteError(OSError):
+    """Rows that could not be written (disk full, file size limit, I/O error); rows written before stay valid."""
+
+
 class MissingRowsError(LookupError):
     """Rows requested from a store that were never written (or whose write did not finish)."""
 
@@ -295,6 +299,8 @@ class FeatureStore:
 
         Raises:
             ValueError: wrong shape, rows out of range, or non-finite values (after the dtype cast).
+            StoreWriteError: the filesystem refused the write (full disk, quota, file size limit); the
+                rows stay unfinished (mask 0) and every other row keeps its value.
         """
         if self.mode != "r+":
             raise StoreError(f"{self.path}: opened read-only; use FeatureStore.create or open(path, 'r+') to write")
@@ -317,10 +323,14 @@ class FeatureStore:
             r = start + int(np.flatnonzero(bad)[0])
             raise ValueError(f"{self.path}: {int(bad.sum())} rows have non-finite features after casting to {self.dtype}, "
                              f"first row {r} ({self.rows.clip_uid[r]}, action_idx {self.rows.action_idx[r]})")
-        if self._backend.read_done(slice(start, stop)).any():
-            self._backend.write_done(start, stop, 0)
-        self._backend.write_data(start, stop, cast, windows_sec)
-        self._backend.write_done(start, stop, 1)
+        try:
+            if self._backend.read_done(slice(start, stop)).any():
+                self._backend.write_done(start, stop, 0)
+            self._backend.write_data(start, stop, cast, windows_sec)
+            self._backend.write_done(start, stop, 1)
+        except OSError as err:
+            raise StoreWriteError(err.errno, f"{self.path}: cannot write rows [{start}, {stop}): {err.strerror or err}; "
+                                  "rows written before are intact: free space and re-run to resume") from None
 
     # -- reading -------------------------------------------------------------------------------
     def filled(self) -> np.ndarray:

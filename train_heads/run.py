@@ -36,8 +36,11 @@ def _plain(cfg: Any) -> dict:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed (full disk): no half-written file stays
 
 
 def checkpoint_path(run_dir: str | Path, name: str = "best") -> Path:
@@ -45,14 +48,32 @@ def checkpoint_path(run_dir: str | Path, name: str = "best") -> Path:
 
 
 def save_checkpoint(run_dir: str | Path, name: str, state: dict) -> Path:
-    """Atomically write `checkpoints/<name>.pt` (temp file + rename)."""
+    """Atomically write `checkpoints/<name>.pt` (serialise in memory, temp file, fsync, rename).
+
+    Raises:
+        OSError: the file could not be written (full disk, quota, size limit), naming it; the previous
+            `<name>.pt` is left as it was and no temp file remains.
+    """
+    import io
+
     import torch
 
     path = checkpoint_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)  # in memory: torch's zip writer reports a failed disk write only as an opaque RuntimeError
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, f"{path}: cannot write the checkpoint: {err.strerror or err}; the previous "
+                                 f"{path.name} is intact, free space and re-run with resume=true") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when the write failed
     return path
 
 
@@ -80,16 +101,19 @@ def save_run(run_dir: str | Path, model: Any, cfg: Any, cache_keys: dict[str, st
         cache_keys = dict(zip(names, cache_keys))
     from omegaconf import OmegaConf
 
+    # the checkpoint first: a crash (or full disk) in between leaves metrics.json behind the checkpoints,
+    # never describing an epoch whose weights are not on disk
+    state = {"model": model.state_dict(), "head": cfg_dict["head"], "cache_keys": dict(cache_keys),
+             "metrics": metrics or {}}
+    state.update(extra_state or {})
+    path = save_checkpoint(run_dir, checkpoint, state)
     _atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
     _atomic_write_text(run_dir / CACHE_KEYS_FILE, json.dumps({"modalities": dict(cache_keys)}, indent=1) + "\n")
     if metrics is not None:
         merged = read_metrics(run_dir)
         merged.update(metrics)
         _atomic_write_text(run_dir / METRICS_FILE, json.dumps(merged, indent=1) + "\n")
-    state = {"model": model.state_dict(), "head": cfg_dict["head"], "cache_keys": dict(cache_keys),
-             "metrics": metrics or {}}
-    state.update(extra_state or {})
-    return save_checkpoint(run_dir, checkpoint, state)
+    return path
 
 
 def read_metrics(run_dir: str | Path, name: str = METRICS_FILE) -> dict:
