@@ -194,10 +194,18 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
     clip_rows: dict[str, list[int]] = {}
     for r in todo_rows.tolist():
         clip_rows.setdefault(str(rows.clip_uid[r]), []).append(r)
-    for uid, rs in clip_rows.items():
-        arr = np.asarray(rs)
-        jobs.put(_ClipJob(uid, clip_path(data_dir, uid, resized=resized), arr,
-                          {n: set(arr[todo_mask[n][arr - lo]].tolist()) for n in todo_mask}))
+    failures: list[dict] = []
+    for uid in list(clip_rows):
+        arr = np.asarray(clip_rows[uid])
+        try:
+            path = clip_path(data_dir, uid, resized=resized)
+        except ValueError as err:  # a clip file that is a link leading out of the data root
+            failures.append({"stage": "extract", "clip_uid": uid, "rows": len(arr), "reason": str(err)})
+            summary.clips_failed += 1
+            summary.rows_failed += len(arr)
+            del clip_rows[uid]
+            continue
+        jobs.put(_ClipJob(uid, path, arr, {n: set(arr[todo_mask[n][arr - lo]].tolist()) for n in todo_mask}))
     log.info("shard %d/%d rows [%d, %d): %d to do in %d clips, %d already filled; stores: %s",
              shard, num_shards, lo, hi, len(todo_rows), len(clip_rows), summary.rows_skipped, summary.store_keys)
 
@@ -213,7 +221,6 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
     computed: dict[str, dict[int, np.ndarray]] = {e.spec.name: {} for e in exts}
     windows: dict[str, dict[int, np.ndarray]] = {e.spec.name: {} for e in exts}
     closed: dict[str, dict] = {}  # clips whose decoding finished: uid -> rows expected per extractor
-    failures: list[dict] = []
 
     def run_batches(name: str, ext: Any, flush: bool) -> None:
         items = pending[name]

@@ -57,6 +57,34 @@ def help_text(schema: type, command: str, summary: str = "") -> str:
     return "\n".join(lines)
 
 
+MAX_YAML_ALIASES = 100  # a config needs few; thousands of nested aliases expand exponentially (a "YAML bomb")
+
+
+def load_yaml(path: Path | str) -> Any:
+    """A YAML config file as an OmegaConf node, loaded safely.
+
+    OmegaConf parses with a yaml.SafeLoader subclass, so tags such as `!!python/object/apply:os.system`
+    construct nothing; they, invalid YAML and alias bombs become a ConfigError naming the file.
+    """
+    import yaml
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text()
+        aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+        if aliases > MAX_YAML_ALIASES:
+            raise ConfigError(f"{path}: {aliases} YAML aliases (more than {MAX_YAML_ALIASES}); refusing a possible alias bomb")
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{path}: not a plain YAML config ({first}); python tags and other unsafe YAML are refused") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file ({err})") from None
+
+
 def parse_config(schema: type[T], argv: Sequence[str]) -> T:
     """Build a frozen config object of type `schema` from `argv` (`key=value` items, optional `config=FILE`).
 
@@ -79,10 +107,7 @@ def parse_config(schema: type[T], argv: Sequence[str]) -> T:
     try:
         cfg = OmegaConf.structured(schema)
         for path in config_files:
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            # OmegaConf.load uses yaml.SafeLoader-based loading: no arbitrary object construction.
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, load_yaml(path))
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
         obj = OmegaConf.to_object(cfg)
