@@ -333,6 +333,7 @@ def _row(store: FeatureStore, uid: str, idx: int) -> int:
     return int(r)
 
 
+@pytest.mark.slow
 def test_extract_campaign(extract_runs, cached_extractor):
     clean, faulty, root = extract_runs["clean"], extract_runs["faulty"], extract_runs["root"]
     data = root / "faulty"
@@ -398,6 +399,7 @@ def test_extract_campaign(extract_runs, cached_extractor):
     assert lost == 0
 
 
+@pytest.mark.slow
 def test_rerun_skips_done_rows_and_retries_failed_ones(extract_runs):
     """A re-run redoes only the failed rows (they fail again, with the same reasons) and keeps the rest."""
     root = extract_runs["root"] / "faulty"
