@@ -368,6 +368,32 @@ def sample_info(plan: SamplePlan) -> dict:
     }
 
 
+def fill_withheld_labels(ann, data_dir: Path | str):
+    """`ann` (an unlabelled split of a synthetic sample) with the labels withheld in `synthetic_sample.json`.
+
+    Lets `lta score` grade test-split predictions of the synthetic sample, as the challenge server does
+    for Ego4D. Raises ValueError when the file is missing or does not describe `ann`'s clips.
+    """
+    from dataclasses import replace
+
+    path = Path(data_dir) / SAMPLE_INFO_FILE
+    if not path.is_file():
+        raise ValueError(f"{path}: not found; withheld labels exist only for a synthetic sample (`lta sample`)")
+    clips = {c["clip_uid"]: c for c in json.loads(path.read_text())["clips"]}
+    verb, noun = ann.verb.copy(), ann.noun.copy()
+    for uid, rows in ann.clip_slices.items():
+        info = clips.get(uid)
+        if info is None:
+            raise ValueError(f"{path}: no withheld labels for clip_uid {uid} of {ann.path}")
+        idx = ann.action_idx[rows]
+        if idx.size and (idx.min() < 0 or idx.max() >= len(info["verb_label"])):
+            raise ValueError(f"{path}: clip_uid {uid} has {len(info['verb_label'])} labelled segments, "
+                             f"{ann.path} asks for action_idx up to {int(idx.max())}")
+        verb[rows] = np.asarray(info["verb_label"], dtype=np.int64)[idx]
+        noun[rows] = np.asarray(info["noun_label"], dtype=np.int64)[idx]
+    return replace(ann, verb=verb, noun=noun)
+
+
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:

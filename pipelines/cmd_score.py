@@ -32,11 +32,16 @@ class ScoreConfig:
     convention: str = opt("plus_one", f"window range convention, one of {list(CONVENTIONS)}")
     num_future: int = opt(20, "Z: forecast length")
     num_sequences: int = opt(5, "K: candidate sequences per key")
+    withheld_labels: bool = opt(False, "score an unlabelled split against <data>/synthetic_sample.json (synthetic sample only)")
 
 
 def score_file(cfg: ScoreConfig) -> dict:
     """Validate `cfg.predictions` against `cfg.split` and return the metrics dict."""
     ann = load_split(cfg.data, cfg.split)
+    if cfg.withheld_labels and not ann.has_labels:
+        from features.synthetic import fill_withheld_labels
+
+        ann = fill_withheld_labels(ann, cfg.data)
     if not ann.has_labels:
         raise PredictionError(f"{ann.path}: split {cfg.split!r} has no labels to score against")
     windows = build_windows(ann, num_input=cfg.num_seen, num_future=cfg.num_future, num_seen=cfg.num_seen,
@@ -71,7 +76,7 @@ def score_file(cfg: ScoreConfig) -> dict:
 def _run(cfg: ScoreConfig) -> int:
     try:
         result = score_file(cfg)
-    except (PredictionError, AnnotationError) as err:
+    except (PredictionError, AnnotationError, ValueError) as err:
         print(f"lta score: {err}", file=sys.stderr)
         return 1
     z = cfg.num_future

@@ -160,3 +160,30 @@ def test_write_predictions_round_trip_and_checks(tmp_path, val):
         write_predictions(tmp_path / "x.json", windows.keys, verb.astype(float), noun)
     with pytest.raises(ValueError, match="W="):
         write_predictions(tmp_path / "x.json", windows.keys[:-1], verb, noun)
+
+
+def test_withheld_labels_score_the_synthetic_test_split(tmp_path, sample_annotations):
+    import json as _json
+
+    from features.synthetic import SAMPLE_INFO_FILE, fill_withheld_labels
+
+    test = load_split(sample_annotations, "test")
+    assert not test.has_labels
+    filled = fill_withheld_labels(test, sample_annotations)
+    info = {c["clip_uid"]: c for c in _json.loads((sample_annotations / SAMPLE_INFO_FILE).read_text())["clips"]}
+    for uid, rows in filled.clip_slices.items():
+        assert filled.verb[rows].tolist() == info[uid]["verb_label"][: rows.stop - rows.start]
+        assert filled.noun[rows].tolist() == info[uid]["noun_label"][: rows.stop - rows.start]
+    windows = build_windows(filled, num_input=8, num_seen=8)
+    perfect = {k: {"verb": [filled.verb[f].tolist()] * 5, "noun": [filled.noun[f].tolist()] * 5}
+               for k, f in zip(windows.keys, windows.future)}
+    path = tmp_path / "outputs.json"
+    path.write_text(_json.dumps(perfect))
+    out = tmp_path / "score.json"
+    assert cli.main(["score", f"data={sample_annotations}", "split=test", f"predictions={path}", "withheld_labels=true",
+                     f"out={out}"]) == 0
+    score = _json.loads(out.read_text())
+    assert score["action_ed"] == 0.0 and score["num_keys_scored"] == len(windows) > 0
+    assert cli.main(["score", f"data={sample_annotations}", "split=test", f"predictions={path}"]) == 1  # no labels
+    with pytest.raises(ValueError, match="withheld labels exist only for a synthetic sample"):
+        fill_withheld_labels(test, tmp_path)

@@ -165,3 +165,43 @@ def test_sweep_table_sorted(sample, tmp_path):
     table = (tmp_path / "sweep/results.md").read_text().splitlines()[2:]
     eds = [float(line.split("|")[2]) for line in table]
     assert eds == sorted(eds)
+
+
+def test_feature_norm_standardize_and_l2():
+    from train_heads.model import FeatureNorm
+
+    x = torch.randn(500, 3, 8, dtype=torch.float64) * torch.tensor([1e-3, 1.0, 50.0] + [2.0] * 5) + 7.0
+    x[..., 4] = 3.0  # a constant dimension keeps std 1 instead of dividing by 0
+    norm = FeatureNorm(dim=8, mode="standardize")
+    norm.set_stats(x.float())
+    y = norm(x.float()).reshape(-1, 8)
+    assert torch.allclose(y.mean(0), torch.zeros(8), atol=1e-4)
+    assert torch.allclose(y.std(0, unbiased=False)[[0, 1, 2, 3]], torch.ones(4), atol=1e-3)
+    assert norm.std[4] == 1.0 and torch.all(y[:, 4] == 0)
+    l2 = FeatureNorm(dim=8, mode="l2")
+    assert torch.allclose(l2(x.float()).norm(dim=-1), torch.ones(500, 3))
+    with pytest.raises(ValueError, match="unknown normalize 'zscore'"):
+        FeatureNorm(dim=8, mode="zscore")
+
+
+def test_standardize_is_fitted_on_training_rows_and_travels_with_the_checkpoint(sample, trained, tmp_path):
+    from train_heads.inputs import load_bank, split_windows
+    from train_heads.run import load_run
+
+    run = tmp_path / "norm"
+    argv = [f"data={sample['data']}", f"store={sample['store']}", f"out={run}", "features=[" + sample["keys"]["slowfast"] + "]",
+            "head.modalities=[{name: slowfast, proj_dim: 16, normalize: standardize}]", "head.num_input=2",
+            "train.epochs=2", "train.warmup_steps=1", "num_seen=4"]
+    assert cmd_train_heads.main(argv) == 0
+    bank = load_bank(sample["store"], {"slowfast": sample["keys"]["slowfast"]}, splits=["train", "val"])
+    _, tr = split_windows(sample["data"], "train", bank, num_input=2, num_future=20, num_seen=None, convention="plus_one")
+    feats = torch.from_numpy(np.asarray(bank.arrays["slowfast"][np.unique(tr.observed_rows)], dtype=np.float64))
+    flat = feats.reshape(-1, feats.shape[-1])
+    for name in ("best", "last"):
+        state = torch.load(run / "checkpoints" / f"{name}.pt", weights_only=True)["model"]
+        assert torch.allclose(state["norms.slowfast.mean"].double(), flat.mean(0), atol=1e-5)
+        assert torch.allclose(state["norms.slowfast.std"].double(), flat.std(0, unbiased=False), atol=1e-5)
+    model = load_run(run).model
+    assert torch.equal(model.norms["slowfast"].mean, state["norms.slowfast.mean"])
+    # a reference-style head (normalize: none) has no norm parameters, so released checkpoints still load strictly
+    assert not any(k.startswith("norms.") for k in load_run(trained).model.state_dict())

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from train_heads.aggregators import create_aggregator
 from train_heads.decoders import create_decoder
@@ -28,6 +29,7 @@ class ModalityConfig:
     proj_dim: int = 0  # output of the trainable input projection; 0 = no projection (keep D)
     dropout: float = 0.5  # dropout before the projection (reference backbone head: 0.5)
     frame_pool: str = "mean"  # per-frame features (F, D): "mean" or "attention"
+    normalize: str = "none"  # input scaling before everything else: none (reference), standardize (train-split z-score), l2
     in_dim: int = 0  # feature dim D, filled from the store at train time
     frames: int = 0  # frames F for per-frame features (0 = one vector per segment), filled from the store
 
@@ -57,6 +59,43 @@ class InputProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.dropout(x))
+
+
+NORMALIZERS = ("none", "standardize", "l2")
+
+
+class FeatureNorm(nn.Module):
+    """Per-dimension input scaling of cached features, over the last (feature) dim of (..., D).
+
+    `standardize`: (x - mean) / std with train-split statistics held as buffers, so they travel with the
+    checkpoint (set once by `set_stats` before training). Backbones with random or foreign weights give
+    features whose scale is far from what a freshly initialised projection expects; this puts every
+    modality on the same footing. `l2`: unit L2 norm per vector (CLIP-style embeddings).
+    """
+
+    def __init__(self, *, dim: int, mode: str):
+        super().__init__()
+        if mode not in NORMALIZERS[1:]:
+            raise ValueError(f"unknown normalize {mode!r}; available: {list(NORMALIZERS)}")
+        self.mode = mode
+        if mode == "standardize":
+            self.register_buffer("mean", torch.zeros(dim))
+            self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def set_stats(self, features: torch.Tensor) -> None:
+        """Fit the statistics on `features` (..., D); a constant dimension keeps std 1."""
+        if self.mode != "standardize":
+            return
+        flat = features.reshape(-1, features.shape[-1]).double()
+        std = flat.std(0, unbiased=False)
+        self.mean.copy_(flat.mean(0).to(self.mean))
+        self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)).to(self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "l2":
+            return F.normalize(x, dim=-1)
+        return (x - self.mean) / self.std
 
 
 class AttentionPool(nn.Module):
@@ -101,10 +140,13 @@ class ForecastModel(nn.Module):
         self.modality_names = [m.name for m in modalities]
         self.num_verbs, self.num_nouns, self.num_future = num_verbs, num_nouns, num_future
         self.frame_pools = nn.ModuleDict()
+        self.norms = nn.ModuleDict()  # only modalities with normalize != none (state dicts of others unchanged)
         self.inputs = nn.ModuleDict()
         for m in modalities:
             if m.in_dim < 1:
                 raise ValueError(f"modality {m.name!r}: in_dim is not set (it comes from the feature store)")
+            if m.normalize != "none":
+                self.norms[m.name] = FeatureNorm(dim=m.in_dim, mode=m.normalize)
             if m.frames:
                 if m.frame_pool == "attention":
                     self.frame_pools[m.name] = AttentionPool(dim=m.in_dim)
@@ -124,6 +166,8 @@ class ForecastModel(nn.Module):
         parts = []
         for name in self.modality_names:
             x = inputs[name]
+            if name in self.norms:
+                x = self.norms[name](x)
             if name in self.frame_pools:
                 x = self.frame_pools[name](x)
             parts.append(self.inputs[name](x))

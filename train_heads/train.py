@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,6 +117,19 @@ def validate(model: nn.Module, val: DeviceWindows, bank: FeatureBank, cfg: Train
                            num_nouns=model.num_nouns)
 
 
+def fit_input_norms(model: nn.Module, bank: FeatureBank, windows: SplitWindows) -> None:
+    """Fit each `standardize` input norm on the features (all views) of the training windows' observed rows."""
+    norms = getattr(model, "norms", {})
+    if not len(norms):
+        return
+    rows = torch.from_numpy(np.unique(windows.observed_rows))
+    for name, norm in norms.items():
+        a = bank.arrays[name]
+        a = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+        norm.set_stats(a.index_select(0, rows.to(a.device)).float())
+        log.info("input norm %s (%s) fitted on %d training rows", name, norm.mode, len(rows))
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindows, val_windows: SplitWindows,
           bank: FeatureBank, run_dir: str | Path, full_cfg: Any, resume: bool = False,
           stop_after_epochs: int | None = None) -> dict[str, Any]:
@@ -141,7 +155,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindo
         train_windows = train_windows.subset(sub[: cfg.max_train_windows].sort().values.numpy())
     if len(train_windows) == 0 or len(val_windows) == 0:
         raise ValueError(f"need training and val windows, got {len(train_windows)} and {len(val_windows)}")
-    model = build_model(model_cfg).to(device)
+    model = build_model(model_cfg)
+    fit_input_norms(model, bank, train_windows)  # overwritten by the checkpoint on resume
+    model = model.to(device)
     bank = bank.to(device)
     train_data, val_data = DeviceWindows(train_windows, device), DeviceWindows(val_windows, device)
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
