@@ -16,6 +16,7 @@ the run; the caller exits non-zero past `max_failed_frac`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -28,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from extract import decode
+from extract.shard_lock import ShardLock
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +155,20 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
                    device: str = "cpu", batch_size: int = 16, shard: int = 0, num_shards: int = 1,
                    weights: dict[str, str] | None = None, crop_size: int | None = None, decode_workers: int = 2,
                    queue_rows: int = 0, dtype: str = "float16", chunk_rows: int = 64, resized: bool = True,
-                   failures_path: Path | str | None = None, progress: bool = True) -> ExtractSummary:
+                   failures_path: Path | str | None = None, progress: bool = True, lock: bool = True) -> ExtractSummary:
     """Extract `extractors` for every row of `splits` (shard `shard` of `num_shards`) into `store_root`.
 
     Args:
         weights: extractor name -> "default" | "random" | path (missing names: "default").
         crop_size: crop override for every extractor (CPU-sized runs; enters the cache key).
         queue_rows: bound of the decoded-row queue (0: 2 * batch_size).
+        lock: hold the shard's lock (`extract.shard_lock`) while running; False when the caller holds it.
 
     Returns:
         The summary; failures are appended to `failures_path` (default `<store_root>/failures.jsonl`).
+
+    Raises:
+        ShardLockedError: another process is running the same shard on `store_root` (nothing is written).
     """
     from tqdm import tqdm
 
@@ -176,141 +182,144 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
     views = decode.make_views(num_views, flip=flip_views)
     anns = [load_split(data_dir, s) for s in splits]  # validates the annotations before any decoding
     rows = RowTable.from_annotations(anns)
-    exts = [create_extractor(n, weights=weights.get(n, "default"), device=device, crop_size=crop_size) for n in extractors]
-    precision = "bf16-autocast" if str(device).startswith("cuda") else "fp32"
-    stores = open_stores(exts, rows, store_root=store_root, views=views, resize=read_manifest(data_dir) if resized else None,
-                         precision=precision, dtype=dtype, chunk_rows=chunk_rows)
-    failures_path = Path(failures_path) if failures_path else Path(store_root) / "failures.jsonl"
-    summary = ExtractSummary(store_keys=[s.key for s in stores], failures_path=str(failures_path))
-    lo, hi = stores[0].shard_range(shard, num_shards)
-    summary.rows_total = hi - lo
-    todo_mask = {e.spec.name: ~s.filled()[lo:hi] for e, s in zip(exts, stores)}
-    any_todo = np.logical_or.reduce(list(todo_mask.values()))
-    summary.rows_skipped = int((~any_todo).sum())
+    # one writer per shard: a second run of the same shard (a requeued job while the old one still runs)
+    # would rewrite the same chunks and lose rows; it is refused here, before it writes anything
+    with ShardLock(store_root, shard, num_shards) if lock else contextlib.nullcontext():
+        exts = [create_extractor(n, weights=weights.get(n, "default"), device=device, crop_size=crop_size) for n in extractors]
+        precision = "bf16-autocast" if str(device).startswith("cuda") else "fp32"
+        stores = open_stores(exts, rows, store_root=store_root, views=views, resize=read_manifest(data_dir) if resized else None,
+                             precision=precision, dtype=dtype, chunk_rows=chunk_rows)
+        failures_path = Path(failures_path) if failures_path else Path(store_root) / "failures.jsonl"
+        summary = ExtractSummary(store_keys=[s.key for s in stores], failures_path=str(failures_path))
+        lo, hi = stores[0].shard_range(shard, num_shards)
+        summary.rows_total = hi - lo
+        todo_mask = {e.spec.name: ~s.filled()[lo:hi] for e, s in zip(exts, stores)}
+        any_todo = np.logical_or.reduce(list(todo_mask.values()))
+        summary.rows_skipped = int((~any_todo).sum())
 
-    # clip jobs: the rows of this shard that some extractor still lacks, grouped by clip
-    jobs: queue.Queue = queue.Queue()
-    todo_rows = lo + np.flatnonzero(any_todo)
-    clip_rows: dict[str, list[int]] = {}
-    for r in todo_rows.tolist():
-        clip_rows.setdefault(str(rows.clip_uid[r]), []).append(r)
-    failures: list[dict] = []
-    for uid in list(clip_rows):
-        arr = np.asarray(clip_rows[uid])
-        try:
-            path = clip_path(data_dir, uid, resized=resized)
-        except ValueError as err:  # a clip file that is a link leading out of the data root
-            failures.append({"stage": "extract", "clip_uid": uid, "rows": len(arr), "reason": str(err)})
-            summary.clips_failed += 1
-            summary.rows_failed += len(arr)
-            del clip_rows[uid]
-            continue
-        jobs.put(_ClipJob(uid, path, arr, {n: set(arr[todo_mask[n][arr - lo]].tolist()) for n in todo_mask}))
-    log.info("shard %d/%d rows [%d, %d): %d to do in %d clips, %d already filled; stores: %s",
-             shard, num_shards, lo, hi, len(todo_rows), len(clip_rows), summary.rows_skipped, summary.store_keys)
-
-    specs = {e.spec.name: e.spec for e in exts}
-    out: queue.Queue = queue.Queue(maxsize=queue_rows or 2 * batch_size)
-    stop = threading.Event()
-    workers = [threading.Thread(target=_decode_worker, args=(jobs, out, rows, specs, views, stop), daemon=True)
-               for _ in range(max(1, min(decode_workers, len(clip_rows))))] if clip_rows else []
-    for w in workers:
-        w.start()
-
-    pending: dict[str, list[tuple[int, np.ndarray]]] = {e.spec.name: [] for e in exts}  # (row, (V, T, H, W, 3))
-    computed: dict[str, dict[int, np.ndarray]] = {e.spec.name: {} for e in exts}
-    windows: dict[str, dict[int, np.ndarray]] = {e.spec.name: {} for e in exts}
-    closed: dict[str, dict] = {}  # clips whose decoding finished: uid -> rows expected per extractor
-
-    def run_batches(name: str, ext: Any, flush: bool) -> None:
-        items = pending[name]
-        nv = len(views)
-        while items and (flush or len(items) * nv >= batch_size):
-            take = max(1, batch_size // nv)
-            shape = items[0][1].shape  # clips of other sizes wait for a batch of their own
-            picked = [i for i, (_, f) in enumerate(items) if f.shape == shape][:take]
-            batch = [items[i] for i in picked]
-            items[:] = [it for i, it in enumerate(items) if i not in set(picked)]
-            frames = np.concatenate([f for _, f in batch])  # (B * V, T, H, W, 3)
-            t0 = time.perf_counter()
-            feats = ext(frames).numpy().reshape(len(batch), nv, *ext.spec.view_shape)
-            summary.model_sec += time.perf_counter() - t0
-            summary.windows += len(batch) * nv
-            for (row, _), f in zip(batch, feats):
-                computed[name][row] = f
-
-    def write_ready() -> None:
-        for uid in list(closed):
-            want = closed[uid]
-            if any(r not in computed[n] for n, rs in want.items() for r in rs):
-                continue
-            for ext, store in zip(exts, stores):
-                name = ext.spec.name
-                rs = sorted(want[name])
-                for run in np.split(np.asarray(rs, dtype=np.int64), np.flatnonzero(np.diff(rs) != 1) + 1) if rs else []:
-                    store.write(int(run[0]), np.stack([computed[name].pop(r) for r in run.tolist()]),
-                                np.stack([windows[name].pop(r) for r in run.tolist()]))
-            summary.rows_done += len(set().union(*want.values()))
-            del closed[uid]
-            bar.update(1)
-
-    t_loop = time.perf_counter()
-    bar = tqdm(total=len(clip_rows), desc="extract", unit="clip", disable=not progress)
-    try:
-        alive = len(workers)
-        while alive:
-            t0 = time.perf_counter()
-            msg = out.get()
-            summary.wait_sec += time.perf_counter() - t0
-            if msg is _DONE:
-                alive -= 1
-                continue
-            if msg[0] == "row":
-                _, uid, item = msg
-                for name, frames in item.frames.items():
-                    pending[name].append((item.row, frames))
-                    windows[name][item.row] = item.windows_sec[name]
-                for ext in exts:
-                    run_batches(ext.spec.name, ext, flush=False)
-                write_ready()
-                continue
-            _, uid, stats, info, bad, error = msg
-            summary.clips += 1
-            summary.decode.add(stats)
-            job_rows = clip_rows[uid]
-            if info is not None:
-                summary.video_sec += info.duration_sec
-            if error:
+        # clip jobs: the rows of this shard that some extractor still lacks, grouped by clip
+        jobs: queue.Queue = queue.Queue()
+        todo_rows = lo + np.flatnonzero(any_todo)
+        clip_rows: dict[str, list[int]] = {}
+        for r in todo_rows.tolist():
+            clip_rows.setdefault(str(rows.clip_uid[r]), []).append(r)
+        failures: list[dict] = []
+        for uid in list(clip_rows):
+            arr = np.asarray(clip_rows[uid])
+            try:
+                path = clip_path(data_dir, uid, resized=resized)
+            except ValueError as err:  # a clip file that is a link leading out of the data root
+                failures.append({"stage": "extract", "clip_uid": uid, "rows": len(arr), "reason": str(err)})
                 summary.clips_failed += 1
-                summary.rows_failed += len(job_rows)
-                failures.append({"stage": "extract", "clip_uid": uid, "rows": len(job_rows), "reason": error})
-                for name in pending:  # drop anything already decoded for this clip
-                    pending[name] = [(r, f) for r, f in pending[name] if r not in set(job_rows)]
-                    for r in job_rows:
-                        computed[name].pop(r, None)
-                        windows[name].pop(r, None)
-                bar.update(1)
+                summary.rows_failed += len(arr)
+                del clip_rows[uid]
                 continue
-            for row, reason in bad.items():
-                summary.rows_failed += 1
-                failures.append({"stage": "extract", "clip_uid": uid, "action_idx": int(rows.action_idx[row]),
-                                 "split": str(rows.split[row]), "reason": reason})
-            good = set(job_rows) - set(bad)
-            closed[uid] = {n: sorted(good & todo_rows_for(n, job_rows, todo_mask, lo)) for n in todo_mask}
+            jobs.put(_ClipJob(uid, path, arr, {n: set(arr[todo_mask[n][arr - lo]].tolist()) for n in todo_mask}))
+        log.info("shard %d/%d rows [%d, %d): %d to do in %d clips, %d already filled; stores: %s",
+                 shard, num_shards, lo, hi, len(todo_rows), len(clip_rows), summary.rows_skipped, summary.store_keys)
+
+        specs = {e.spec.name: e.spec for e in exts}
+        out: queue.Queue = queue.Queue(maxsize=queue_rows or 2 * batch_size)
+        stop = threading.Event()
+        workers = [threading.Thread(target=_decode_worker, args=(jobs, out, rows, specs, views, stop), daemon=True)
+                   for _ in range(max(1, min(decode_workers, len(clip_rows))))] if clip_rows else []
+        for w in workers:
+            w.start()
+
+        pending: dict[str, list[tuple[int, np.ndarray]]] = {e.spec.name: [] for e in exts}  # (row, (V, T, H, W, 3))
+        computed: dict[str, dict[int, np.ndarray]] = {e.spec.name: {} for e in exts}
+        windows: dict[str, dict[int, np.ndarray]] = {e.spec.name: {} for e in exts}
+        closed: dict[str, dict] = {}  # clips whose decoding finished: uid -> rows expected per extractor
+
+        def run_batches(name: str, ext: Any, flush: bool) -> None:
+            items = pending[name]
+            nv = len(views)
+            while items and (flush or len(items) * nv >= batch_size):
+                take = max(1, batch_size // nv)
+                shape = items[0][1].shape  # clips of other sizes wait for a batch of their own
+                picked = [i for i, (_, f) in enumerate(items) if f.shape == shape][:take]
+                batch = [items[i] for i in picked]
+                items[:] = [it for i, it in enumerate(items) if i not in set(picked)]
+                frames = np.concatenate([f for _, f in batch])  # (B * V, T, H, W, 3)
+                t0 = time.perf_counter()
+                feats = ext(frames).numpy().reshape(len(batch), nv, *ext.spec.view_shape)
+                summary.model_sec += time.perf_counter() - t0
+                summary.windows += len(batch) * nv
+                for (row, _), f in zip(batch, feats):
+                    computed[name][row] = f
+
+        def write_ready() -> None:
+            for uid in list(closed):
+                want = closed[uid]
+                if any(r not in computed[n] for n, rs in want.items() for r in rs):
+                    continue
+                for ext, store in zip(exts, stores):
+                    name = ext.spec.name
+                    rs = sorted(want[name])
+                    for run in np.split(np.asarray(rs, dtype=np.int64), np.flatnonzero(np.diff(rs) != 1) + 1) if rs else []:
+                        store.write(int(run[0]), np.stack([computed[name].pop(r) for r in run.tolist()]),
+                                    np.stack([windows[name].pop(r) for r in run.tolist()]))
+                summary.rows_done += len(set().union(*want.values()))
+                del closed[uid]
+                bar.update(1)
+
+        t_loop = time.perf_counter()
+        bar = tqdm(total=len(clip_rows), desc="extract", unit="clip", disable=not progress)
+        try:
+            alive = len(workers)
+            while alive:
+                t0 = time.perf_counter()
+                msg = out.get()
+                summary.wait_sec += time.perf_counter() - t0
+                if msg is _DONE:
+                    alive -= 1
+                    continue
+                if msg[0] == "row":
+                    _, uid, item = msg
+                    for name, frames in item.frames.items():
+                        pending[name].append((item.row, frames))
+                        windows[name][item.row] = item.windows_sec[name]
+                    for ext in exts:
+                        run_batches(ext.spec.name, ext, flush=False)
+                    write_ready()
+                    continue
+                _, uid, stats, info, bad, error = msg
+                summary.clips += 1
+                summary.decode.add(stats)
+                job_rows = clip_rows[uid]
+                if info is not None:
+                    summary.video_sec += info.duration_sec
+                if error:
+                    summary.clips_failed += 1
+                    summary.rows_failed += len(job_rows)
+                    failures.append({"stage": "extract", "clip_uid": uid, "rows": len(job_rows), "reason": error})
+                    for name in pending:  # drop anything already decoded for this clip
+                        pending[name] = [(r, f) for r, f in pending[name] if r not in set(job_rows)]
+                        for r in job_rows:
+                            computed[name].pop(r, None)
+                            windows[name].pop(r, None)
+                    bar.update(1)
+                    continue
+                for row, reason in bad.items():
+                    summary.rows_failed += 1
+                    failures.append({"stage": "extract", "clip_uid": uid, "action_idx": int(rows.action_idx[row]),
+                                     "split": str(rows.split[row]), "reason": reason})
+                good = set(job_rows) - set(bad)
+                closed[uid] = {n: sorted(good & todo_rows_for(n, job_rows, todo_mask, lo)) for n in todo_mask}
+                write_ready()
+            for ext in exts:
+                run_batches(ext.spec.name, ext, flush=True)
             write_ready()
-        for ext in exts:
-            run_batches(ext.spec.name, ext, flush=True)
-        write_ready()
-    finally:
-        stop.set()
-        bar.close()
-        for s in stores:
-            s.close()
-        _append_failures(failures_path, failures)
-    assert not closed, f"clips left unwritten: {list(closed)[:5]}"
-    summary.wall_sec = time.perf_counter() - t_start
-    summary.loop_sec = time.perf_counter() - t_loop
-    return summary
+        finally:
+            stop.set()
+            bar.close()
+            for s in stores:
+                s.close()
+            _append_failures(failures_path, failures)
+        assert not closed, f"clips left unwritten: {list(closed)[:5]}"
+        summary.wall_sec = time.perf_counter() - t_start
+        summary.loop_sec = time.perf_counter() - t_loop
+        return summary
 
 
 def todo_rows_for(name: str, job_rows: list[int], todo_mask: dict[str, np.ndarray], lo: int) -> set[int]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,11 +34,15 @@ def _run(cfg: EvaluateConfig) -> int:
     from train_heads.evaluate import evaluate_split, plot_ed_curves
     from train_heads.generators import create_generator
     from train_heads.inputs import load_bank, split_windows
-    from train_heads.run import load_run
+    from train_heads.run import load_run, run_roots
 
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     rc = run.cfg
-    data, store = cfg.data or rc["data"], cfg.store or rc["store"]
+    try:
+        data, store = run_roots(run, data=cfg.data, store=cfg.store)
+    except ValueError as err:
+        print(f"lta evaluate: {err}", file=sys.stderr)
+        return 2
     head = rc["head"]
     bank = load_bank(store, run.cache_keys, splits=["train", cfg.split])
     train_ann, train_win = split_windows(data, "train", bank, num_input=head["num_input"], num_future=head["num_future"],

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -63,8 +65,26 @@ def parse_weights(text: str, extractors: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def run_shard(cfg: ExtractConfig) -> dict:
-    """One shard in this process; returns the summary as a dict (also the body of a submitit job)."""
+def summary_path(store: Path | str, shard: int, num_shards: int) -> Path:
+    """`<store>/extract_summary.shard-<i>-of-<n>.json`: one shard's summary (racing shards never share a file)."""
+    return Path(store) / f"extract_summary.shard-{shard}-of-{num_shards}.json"
+
+
+def _write_json(path: Path, value) -> None:
+    """Write `value` as JSON atomically (a unique temp file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(value, indent=1, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_shard(cfg: ExtractConfig, *, lock: bool = True) -> dict:
+    """One shard in this process; returns the summary as a dict (also the body of a submitit job).
+
+    The summary is also written to `summary_path(store, i, n)`. `lock=False`: the caller holds the shard lock.
+    """
     from extract.pipeline import run_extraction
     from pipelines.cli import setup_logging
 
@@ -74,12 +94,15 @@ def run_shard(cfg: ExtractConfig) -> dict:
         data_dir=cfg.data, store_root=cfg.store, extractors=cfg.extractors, splits=cfg.splits, num_views=cfg.views,
         flip_views=cfg.flip_views, device=cfg.device, batch_size=cfg.batch_size, shard=shard, num_shards=num_shards,
         weights=parse_weights(cfg.weights, cfg.extractors), crop_size=cfg.crop_size or None,
-        decode_workers=cfg.decode_workers, dtype=cfg.dtype, chunk_rows=cfg.chunk_rows, resized=not cfg.raw_clips, progress=cfg.progress,
+        decode_workers=cfg.decode_workers, dtype=cfg.dtype, chunk_rows=cfg.chunk_rows, resized=not cfg.raw_clips,
+        progress=cfg.progress, lock=lock,
     )
     log.info(summary.line())
     out = asdict(summary)
     out["decoded_per_used"] = summary.decode.decoded_per_used
     out.pop("decode")
+    out["shard"] = f"{shard}/{num_shards}"
+    _write_json(summary_path(cfg.store, shard, num_shards), out)
     return out
 
 
@@ -91,38 +114,67 @@ def _failed_too_many(summaries: list[dict], cfg: ExtractConfig) -> bool:
     return failed > cfg.max_failed_frac * max(total, 1)
 
 
+def _validate(cfg: ExtractConfig) -> None:
+    """Check the arguments and every split's annotations before anything is written.
+
+    Raises:
+        ValueError: a bad shard or weights value.
+        AnnotationError: a malformed annotation file (naming the file and the record).
+    """
+    from features.annotations import load_split
+
+    parse_shard(cfg.shard)
+    parse_weights(cfg.weights, cfg.extractors)
+    for split in cfg.splits:
+        load_split(cfg.data, split)
+
+
 def _run(cfg: ExtractConfig) -> int:
     from extract import launch
     from extract.pipeline import verify_stores
+    from extract.shard_lock import ShardLock, ShardLockedError
+    from features.annotations import AnnotationError
+    from features.store import StoreWriteError
 
     try:
-        parse_shard(cfg.shard)
-        parse_weights(cfg.weights, cfg.extractors)
+        _validate(cfg)
+    except AnnotationError:
+        raise  # the message names the file and the record; nothing was written
     except ValueError as err:
         log.error("%s", err)
         return 2
-    Path(cfg.store).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.store) / "extract_config.yaml").write_text(to_yaml(cfg))
-    if cfg.launcher == "none":
-        summaries = [run_shard(cfg)]
-    elif cfg.launcher in launch.LAUNCHERS:
-        shard_cfgs = [ExtractConfig(**{**asdict(cfg), "shard": f"{i}/{cfg.num_shards}", "launcher": "none", "progress": False})
-                      for i in range(cfg.num_shards)]
-        params = launch.SlurmParams(partition=cfg.slurm_partition, gpus_per_node=cfg.slurm_gpus, cpus_per_task=cfg.slurm_cpus,
-                                    mem_gb=cfg.slurm_mem_gb, timeout_min=cfg.slurm_time_min)
-        summaries = launch.run_array(run_shard, shard_cfgs, launcher=cfg.launcher, folder=Path(cfg.store) / ".submitit",
-                                     params=params, job_name="lta-extract")
-        missing = verify_stores(cfg.store, summaries[0]["store_keys"])
-        failed = sum(s["rows_failed"] for s in summaries)
-        log.info("verify: %s rows unfilled per store (%d rows recorded as failed)", missing, failed)
-        for key, n in missing.items():
-            if n > failed:
-                log.error("store %s is incomplete: %d rows unfilled, only %d recorded failures", key, n, failed)
-                return 1
-    else:
-        log.error("unknown launcher %r; available: ['none', 'local', 'slurm']", cfg.launcher)
-        return 2
-    (Path(cfg.store) / "extract_summary.json").write_text(json.dumps(summaries, indent=1, default=str) + "\n")
+    store = Path(cfg.store)
+    try:
+        if cfg.launcher == "none":
+            shard, num_shards = parse_shard(cfg.shard)
+            with ShardLock(store, shard, num_shards):  # a second run of this shard stops here, having written nothing
+                (store / "extract_config.yaml").write_text(to_yaml(cfg))
+                summaries = [run_shard(cfg, lock=False)]
+                if num_shards == 1:  # the whole store: extract_summary.json as for a launcher
+                    _write_json(store / "extract_summary.json", summaries)
+        elif cfg.launcher in launch.LAUNCHERS:
+            store.mkdir(parents=True, exist_ok=True)
+            (store / "extract_config.yaml").write_text(to_yaml(cfg))
+            shard_cfgs = [ExtractConfig(**{**asdict(cfg), "shard": f"{i}/{cfg.num_shards}", "launcher": "none", "progress": False})
+                          for i in range(cfg.num_shards)]
+            params = launch.SlurmParams(partition=cfg.slurm_partition, gpus_per_node=cfg.slurm_gpus, cpus_per_task=cfg.slurm_cpus,
+                                        mem_gb=cfg.slurm_mem_gb, timeout_min=cfg.slurm_time_min)
+            summaries = launch.run_array(run_shard, shard_cfgs, launcher=cfg.launcher, folder=store / ".submitit",
+                                         params=params, job_name="lta-extract")
+            missing = verify_stores(cfg.store, summaries[0]["store_keys"])
+            failed = sum(s["rows_failed"] for s in summaries)
+            log.info("verify: %s rows unfilled per store (%d rows recorded as failed)", missing, failed)
+            for key, n in missing.items():
+                if n > failed:
+                    log.error("store %s is incomplete: %d rows unfilled, only %d recorded failures", key, n, failed)
+                    return 1
+            _write_json(store / "extract_summary.json", summaries)
+        else:
+            log.error("unknown launcher %r; available: ['none', 'local', 'slurm']", cfg.launcher)
+            return 2
+    except (ShardLockedError, StoreWriteError) as err:  # one line: the message names the lock / store and rows
+        print(f"lta extract: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     return 1 if _failed_too_many(summaries, cfg) else 0
 
 

@@ -27,6 +27,7 @@ class ImportCheckpointConfig:
     ckpt: str = opt("", "released LTA checkpoint: lta_slowfast_trf.ckpt, lta_slowfast_concat.ckpt, lta_mvit_concat.ckpt")
     out: str = opt("runs/imported", "run dir to write (config.yaml, cache_keys.json, checkpoints/best.pt)")
     store: str = opt("cache/features", "feature store root with the features extracted by this checkpoint's backbone")
+    data: str = opt("", "dataset root (annotations/) recorded in the run, so evaluate / predict / report need no data=")
     cache_key: str = opt("", "cache key of those features (default: the one store under `store` that fits)")
     modality: str = opt("", "modality name fed to the projection (default from MODEL.ARCH: slowfast or mvit)")
     require_features: bool = opt(True, "fail when no fitting feature store exists (false: record an empty cache key)")
@@ -60,7 +61,7 @@ def _find_cache_key(cfg: ImportCheckpointConfig, modality: str, feature_dim: int
 
 def _run(cfg: ImportCheckpointConfig) -> int:
     from features.checkpoint_io import describe, load_lightning_checkpoint
-    from train_heads.import_ckpt import import_lta_checkpoint
+    from train_heads.import_ckpt import check_taxonomy, import_lta_checkpoint
     from train_heads.run import save_run
 
     if not cfg.ckpt:
@@ -69,6 +70,12 @@ def _run(cfg: ImportCheckpointConfig) -> int:
     ckpt_path = Path(cfg.ckpt)
     ckpt = load_lightning_checkpoint(ckpt_path)
     model, info = import_lta_checkpoint(ckpt, modality=cfg.modality or None)
+    if cfg.data:
+        try:
+            check_taxonomy(cfg.data, info.model_cfg)
+        except ValueError as err:  # AnnotationError included
+            print(f"lta import-checkpoint: {err}", file=sys.stderr)
+            return 2
     try:
         cache_key = _find_cache_key(cfg, info.modality, info.feature_dim, ckpt_path)
     except LookupError as err:
@@ -78,6 +85,7 @@ def _run(cfg: ImportCheckpointConfig) -> int:
         "head": info.model_cfg,
         "imported_from": {"ckpt": str(ckpt_path.resolve()), "config": describe(ckpt)},
         "store": cfg.store,
+        "data": cfg.data,  # "" (not given): evaluate / predict then need data=DIR
     }
     path = save_run(cfg.out, model, full_cfg, {info.modality: cache_key},
                     metrics={"imported_from": str(ckpt_path.resolve())}, extra_state={"epoch": ckpt.meta.get("epoch")})
@@ -86,6 +94,8 @@ def _run(cfg: ImportCheckpointConfig) -> int:
           f"{m['num_verbs']} verbs, {m['num_nouns']} nouns, N_in={m['num_input']}), projection "
           f"{info.feature_dim}->{m['modalities'][0]['proj_dim']} on '{info.modality}' features "
           f"(cache key {cache_key or 'none'}) -> {path}")
+    if not cfg.data:
+        log.warning("no data= given: %s records no dataset root; pass data=DIR to evaluate / predict / report", cfg.out)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -45,11 +46,15 @@ def _run(cfg: PredictConfig) -> int:
     from train_heads.evaluate import forecast_split
     from train_heads.generators import create_generator
     from train_heads.inputs import load_bank, split_windows
-    from train_heads.run import load_run
+    from train_heads.run import load_run, run_roots
 
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     rc, head = run.cfg, run.cfg["head"]
-    data, store = cfg.data or rc["data"], cfg.store or rc["store"]
+    try:
+        data, store = run_roots(run, data=cfg.data, store=cfg.store)
+    except ValueError as err:
+        print(f"lta predict: {err}", file=sys.stderr)
+        return 2
     num_seen, convention = max(rc.get("num_seen", 0), head["num_input"]), rc.get("convention", "plus_one")
     k, z = rc.get("train", {}).get("num_sequences", 5), head["num_future"]
     ann = load_split(data, cfg.split)

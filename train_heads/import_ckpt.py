@@ -166,3 +166,21 @@ def import_lta_checkpoint(path: str | Path | LoadedCheckpoint, *, modality: str 
     log.info("imported %d tensors from %s (%s + %s, Z=%d); %d backbone tensors left to `lta extract`",
              len(converted), source, model_cfg["aggregator"], model_cfg["decoder"], model_cfg["num_future"], len(skipped))
     return model, info
+
+
+def check_taxonomy(data_dir: str | Path, model_cfg: dict) -> None:
+    """Check that the dataset's taxonomy has the class counts of the imported head.
+
+    Raises:
+        ValueError: the counts differ (naming the taxonomy file and both counts).
+        AnnotationError (a ValueError): no readable taxonomy file under `data_dir`.
+    """
+    from features.annotations import ANNOTATION_DIR, TAXONOMY_FILE, load_taxonomy
+
+    path = Path(data_dir) / ANNOTATION_DIR / TAXONOMY_FILE
+    taxonomy = load_taxonomy(path)
+    have = (taxonomy.num_verbs, taxonomy.num_nouns)
+    want = (model_cfg["num_verbs"], model_cfg["num_nouns"])
+    if have != want:
+        raise ValueError(f"{path}: {have[0]} verbs and {have[1]} nouns, but the checkpoint's head predicts "
+                         f"{want[0]} verbs and {want[1]} nouns; data= must be the dataset the checkpoint was trained on")

@@ -131,6 +131,20 @@ class Run:
     metrics: dict
 
 
+def run_roots(run: Run, *, data: str = "", store: str = "") -> tuple[str, str]:
+    """(dataset root, store root): the given ones, else those the run recorded.
+
+    Raises:
+        ValueError: neither gives one (e.g. a run imported without data=), naming the run and the key to pass.
+    """
+    data = data or run.cfg.get("data") or ""
+    store = store or run.cfg.get("store") or ""
+    for value, name, what in ((data, "data", "dataset root"), (store, "store", "feature store root")):
+        if not value:
+            raise ValueError(f"run {run.run_dir} records no {what} ({run.run_dir / CONFIG_FILE}); pass {name}=DIR")
+    return str(data), str(store)
+
+
 def load_checkpoint(run_dir: str | Path, name: str = "best", *, map_location: str = "cpu") -> dict:
     import torch
 

@@ -1,0 +1,205 @@
+"""Leftovers of the fault campaign: shard locks, per-shard summaries, validate-before-write, a full disk as one
+line, and runs imported without a dataset root."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from extract import shard_lock
+from extract.shard_lock import ShardLock, ShardLockedError, lock_path
+from features.annotations import AnnotationError
+from features.store import open_root
+from pipelines import cmd_extract
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("LTA_REFERENCE_FIXTURES") or REPO.parent / "shared/fixtures/ego4d_reference")
+EXTRACT_ARGS = ["raw_clips=true", "extractors=[clip_vit_b32.openai]", "weights=random", "crop_size=32", "batch_size=4",
+                "views=1", "chunk_rows=4", "device=cpu", "progress=false", "decode_workers=1", "splits=[train,val]"]
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    """3 short clips (4 segments each, 64x48) with videos."""
+    from features.synthetic import write_sample
+
+    root = tmp_path_factory.mktemp("leftover_sample")
+    write_sample(root, clips=3, seed=2, segments_per_clip=4, segment_sec=(0.8, 1.0), width=64, height=48)
+    return root
+
+
+# -- 1. shard locks ---------------------------------------------------------------------------------
+def test_shard_lock_refuses_the_same_shard_and_allows_others(tmp_path):
+    with ShardLock(tmp_path, 0, 2) as held:
+        assert held.path == tmp_path / ".locks" / "shard-0-of-2.lock"
+        assert json.loads(held.path.read_text())["pid"] == os.getpid()
+        with pytest.raises(ShardLockedError) as err:
+            ShardLock(tmp_path, 0, 2).acquire()
+        msg = str(err.value)
+        assert str(held.path) in msg and f"pid {os.getpid()} on host {socket.gethostname()}" in msg
+        with ShardLock(tmp_path, 1, 2), ShardLock(tmp_path, 0, 1):  # other shards (and split counts) run alongside
+            pass
+    with ShardLock(tmp_path, 0, 2):  # released: free again
+        pass
+
+
+def test_shard_lock_falls_back_to_an_exclusive_file_without_flock(tmp_path, monkeypatch, caplog):
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(shard_lock.fcntl, "flock", no_flock)
+    excl = lock_path(tmp_path, 3, 4).with_name("shard-3-of-4.lock.excl")
+    with ShardLock(tmp_path, 3, 4) as held:
+        assert held.excl_path == excl and json.loads(excl.read_text())["pid"] == os.getpid()
+        with pytest.raises(ShardLockedError, match=rf"{excl}.*pid {os.getpid()}.*check on its host"):
+            ShardLock(tmp_path, 3, 4).acquire()
+    assert not excl.exists() and "falling back to an O_EXCL lock file" in caplog.text
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    excl.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": "then"}))
+    with pytest.raises(ShardLockedError, match=rf"{excl}.*pid {int(dead.stdout)}.*that process is gone: delete the file"):
+        ShardLock(tmp_path, 3, 4).acquire()
+    excl.unlink()  # what the message asks for
+    ShardLock(tmp_path, 3, 4).acquire().release()
+
+
+def test_second_run_of_a_shard_exits_with_one_line_and_writes_nothing(sample, tmp_path):
+    """A process holds shard 0/1 (a job still running); `lta extract` of the same shard is refused."""
+    store = tmp_path / "store"
+    with ShardLock(store, 0, 1) as held:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "extract", f"data={sample}", f"store={store}",
+                               *EXTRACT_ARGS], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if "ShardLockedError" in x]
+    assert line.startswith("lta extract: ShardLockedError: shard 0/1 of")
+    assert str(held.path) in line and f"pid {os.getpid()}" in line
+    assert sorted(p.name for p in store.iterdir()) == [".locks"]  # no store, config, summary or failures
+
+
+def test_shards_write_their_own_summaries(sample, tmp_path):
+    """Shards 0/2 and 1/2 each write extract_summary.shard-<i>-of-2.json; 0/1 also writes extract_summary.json."""
+    for i in range(2):
+        assert cmd_extract.main([f"data={sample}", f"store={tmp_path / 'two'}", *EXTRACT_ARGS, f"shard={i}/2"]) == 0
+    two = [json.loads((tmp_path / "two" / f"extract_summary.shard-{i}-of-2.json").read_text()) for i in range(2)]
+    assert not (tmp_path / "two" / "extract_summary.json").exists()
+    (store,) = open_root(tmp_path / "two")
+    assert store.filled().all() and [s["shard"] for s in two] == ["0/2", "1/2"]
+    assert sum(s["rows_total"] for s in two) == sum(s["rows_done"] for s in two) == len(store.filled())
+    assert cmd_extract.main([f"data={sample}", f"store={tmp_path / 'two'}", *EXTRACT_ARGS]) == 0  # 0/1: all cached
+    whole = json.loads((tmp_path / "two" / "extract_summary.json").read_text())
+    assert whole == [json.loads((tmp_path / "two" / "extract_summary.shard-0-of-1.json").read_text())]
+    assert whole[0]["rows_skipped"] == len(store.filled()) and whole[0]["rows_done"] == 0
+    assert not list((tmp_path / "two").glob(".*tmp-*"))
+
+
+# -- 2. validate before writing ---------------------------------------------------------------------
+def test_malformed_annotations_leave_no_extract_config(sample, tmp_path):
+    data = tmp_path / "data"
+    (data / "annotations").mkdir(parents=True)
+    for f in (sample / "annotations").iterdir():
+        (data / "annotations" / f.name).write_bytes(f.read_bytes())
+    val = data / "annotations" / "fho_lta_val.json"
+    records = json.loads(val.read_text())
+    records["clips"][0]["verb_label"] = "three"
+    val.write_text(json.dumps(records))
+    store = tmp_path / "store"
+    with pytest.raises(AnnotationError, match=r"fho_lta_val\.json: record 0 .*verb_label"):
+        cmd_extract.main([f"data={data}", f"store={store}", *EXTRACT_ARGS])
+    assert not store.exists()  # not even extract_config.yaml or the lock folder
+
+
+# -- 4. a full disk is one line ---------------------------------------------------------------------
+def test_full_disk_during_extract_is_one_line_and_exit_1(sample, tmp_path, monkeypatch, capsys):
+    from features.store_backends import ZarrBackend
+
+    real = ZarrBackend.write_data
+    calls = {"n": 0}
+
+    def write_data(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:  # the first clip lands, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ZarrBackend, "write_data", write_data)
+    rc = cmd_extract.main([f"data={sample}", f"store={tmp_path}", *EXTRACT_ARGS])
+    err = capsys.readouterr().err
+    assert rc == 1
+    (line,) = [x for x in err.splitlines() if "StoreWriteError" in x]
+    assert line.startswith("lta extract: StoreWriteError: ") and "cannot write rows [" in line
+    assert "No space left on device" in line and ".zarr" in line and "Traceback" not in err
+    monkeypatch.undo()
+    (store,) = open_root(tmp_path)
+    report = store.verify()
+    assert report["bad_rows"] == [] and report["errors"] == [] and 0 < store.filled().sum() < len(store.filled())
+    assert not (tmp_path / "extract_summary.json").exists()
+
+
+# -- 5. imported runs and their dataset root ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def lta_store(tmp_path_factory):
+    """A synthetic dataset with the tiny LTA fixture's taxonomy (7 verbs, 11 nouns) and 288-d slowfast features."""
+    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+
+    root = tmp_path_factory.mktemp("lta_import")
+    plan = write_synthetic_dataset(root / "data", clips=8, seed=1, verbs=7, nouns=11)
+    keys = write_synthetic_stores(root / "data", root / "store", plan, num_views=1,
+                                  modalities={"slowfast": ("slowfast_r101_8x8.synthetic", (288,))})
+    return root, keys["slowfast"]
+
+
+def test_imported_run_without_data_needs_data_and_says_so(lta_store, tmp_path, capsys):
+    from pipelines import cmd_evaluate, cmd_import_checkpoint, cmd_predict
+
+    root, key = lta_store
+    run = tmp_path / "run"
+    assert cmd_import_checkpoint.main([f"ckpt={FIXTURES / 'lta_tiny_trf.ckpt'}", f"out={run}", f"store={root / 'store'}"]) == 0
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["data"] == "" and recorded["store"] == str(root / "store")
+    assert json.loads((run / "cache_keys.json").read_text())["modalities"] == {"slowfast": key}
+    capsys.readouterr()
+    assert cmd_evaluate.main([f"run={run}", "baselines=[]", "generators=[greedy+sample]"]) == 2
+    want = f"run {run} records no dataset root ({run / 'config.yaml'}); pass data=DIR"
+    assert capsys.readouterr().err.strip() == f"lta evaluate: {want}"
+    assert cmd_predict.main([f"run={run}", f"out={tmp_path / 'out.json'}"]) == 2
+    assert capsys.readouterr().err.strip() == f"lta predict: {want}"
+    assert not (run / "metrics_val.json").exists() and not (tmp_path / "out.json").exists()
+    # data= on the command works as before
+    assert cmd_evaluate.main([f"run={run}", f"data={root / 'data'}", "baselines=[frequency_prior]",
+                              "generators=[greedy+sample]", "mbr_samples=4"]) == 0
+    assert json.loads((run / "metrics_val.json").read_text())["num_windows"] > 0
+
+
+def test_imported_run_with_data_evaluates_and_predicts(lta_store, tmp_path, capsys):
+    from pipelines import cmd_evaluate, cmd_import_checkpoint, cmd_predict
+
+    root, key = lta_store
+    run = tmp_path / "run"
+    argv = [f"ckpt={FIXTURES / 'lta_tiny_trf.ckpt'}", f"out={run}", f"store={root / 'store'}", f"data={root / 'data'}"]
+    assert cmd_import_checkpoint.main(argv) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(root / "data")
+    assert cmd_evaluate.main([f"run={run}", "baselines=[frequency_prior]", "generators=[greedy+sample]"]) == 0
+    metrics = json.loads((run / "metrics_val.json").read_text())
+    eds = [metrics["model.greedy+sample.action_ed"], metrics["frequency_prior.action_ed"]]
+    assert metrics["cache_keys"] == {"slowfast": key} and all(0.0 < ed <= 1.0 for ed in eds)
+    out = tmp_path / "outputs.json"
+    assert cmd_predict.main([f"run={run}", f"out={out}", "split=test"]) == 0
+    predictions = json.loads(out.read_text())
+    assert predictions and all(len(v["verb"]) == 5 for v in predictions.values())
+    # a dataset whose taxonomy does not fit the checkpoint's head is refused at import time
+    other = tmp_path / "other"
+    (other / "annotations").mkdir(parents=True)
+    (other / "annotations" / "fho_lta_taxonomy.json").write_text(json.dumps({"verbs": ["a", "b"], "nouns": ["x"]}))
+    capsys.readouterr()
+    assert cmd_import_checkpoint.main([*argv[:1], f"out={tmp_path / 'bad'}", argv[2], f"data={other}"]) == 2
+    assert "2 verbs and 1 nouns, but the checkpoint's head predicts 7 verbs and 11 nouns" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
