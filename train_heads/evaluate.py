@@ -1,7 +1,8 @@
 """Inference and scoring: a model's K sequences per generation strategy, recognition, and ED metrics.
 
 Everything is batched; `forecast_split` runs the model once per batch and applies every requested
-generator to the batch's logits, so memory stays bounded for any split size. Metric names say what
+generator to the batch's logits (or, for an autoregressive decoder, to the decoder itself over the
+batch's context), so memory stays bounded for any split size. Metric names say what
 each number is: `<method>.<what>`, e.g. `model.sample.action_ed`, `frequency_prior.verb_aued`.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from features.metric import edit_distance_table, lta_metrics
 from train_heads.data import DeviceWindows, FeatureBank, iterate_batches
+from train_heads.generators import AutoregressiveSource, LogitsSource
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -34,18 +36,33 @@ class SplitForecast:
 @torch.no_grad()
 def forecast_split(model: torch.nn.Module, data: DeviceWindows, bank: FeatureBank, *, generators: dict[str, Any],
                    k: int = 5, seed: int = 0, batch_size: int = 512, amp: bool = True) -> SplitForecast:
-    """K sequences per window for each generator (view 0, eval mode, seeded draws)."""
+    """K sequences per window for each generator (view 0, eval mode, seeded draws).
+
+    A per-position-logits model runs once per batch and every generator reads its logits; an autoregressive
+    model's decoder runs inside each generator (`AutoregressiveSource`: ancestral sampling / beams over the
+    batch's encoded context). A generator that `requires_autoregressive` on a logits model is an error.
+    """
     was_training = model.training
     model.eval()
     rngs = {name: torch.Generator(device="cpu").manual_seed(seed + i) for i, name in enumerate(generators)}
     seqs: dict[str, list] = {name: [] for name in generators}
     obs_v, obs_n = [], []
+    autoregressive = bool(getattr(model, "autoregressive", False))
+    for name, gen in generators.items():
+        if getattr(gen, "requires_autoregressive", False) and not autoregressive:
+            raise ValueError(f"generator {name!r} needs an autoregressive decoder; this model's decoder emits "
+                             f"per-position logits (use sample, greedy+sample, mbr or mbr_set)")
     for batch in iterate_batches(data, bank, batch_size=batch_size, train=False):
         with autocast(data.device, amp):
-            out = model(batch.inputs)
-        verb_logits, noun_logits = out["verb"].float().cpu(), out["noun"].float().cpu()
-        for name, gen in generators.items():
-            seqs[name].append(gen.generate(verb_logits, noun_logits, k=k, rng=rngs[name]))
+            if autoregressive:  # the decoder runs inside the generators (ancestral sampling, beams)
+                fused, tokens, pooled = model.context(batch.inputs)
+                out = model.recognise(fused)
+                source = AutoregressiveSource(model.decoder, pooled, tokens)
+            else:
+                out = model(batch.inputs)
+                source = LogitsSource(out["verb"].float().cpu(), out["noun"].float().cpu())
+            for name, gen in generators.items():
+                seqs[name].append(gen.generate_from(source, k=k, rng=rngs[name]))
         if "obs_verb" in out:
             obs_v.append(out["obs_verb"].argmax(-1).cpu().numpy())
             obs_n.append(out["obs_noun"].argmax(-1).cpu().numpy())

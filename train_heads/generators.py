@@ -1,8 +1,19 @@
-"""Sequence generators: per-position verb/noun logits -> K candidate sequences.
+"""Sequence generators: a model's distribution over future sequences -> K candidate sequences.
 
-Interface: `generator.generate(verb_logits (W, Z, V), noun_logits (W, Z, N), *, k, rng) ->
-(verb (W, K, Z), noun (W, K, Z))` int64 numpy arrays; candidate k pairs verb k with noun k.
-`rng` is a `torch.Generator`, so a seeded evaluation draws the same sequences every time.
+Interface: `generator.generate_from(source, *, k, rng) -> (verb (W, K, Z), noun (W, K, Z))` int64 numpy
+arrays; candidate k pairs verb k with noun k. `rng` is a CPU `torch.Generator`, so a seeded evaluation
+draws the same sequences every time. A *source* is what the generators draw from:
+
+- `LogitsSource(verb_logits (W, Z, V), noun_logits (W, Z, N))`: per-position logits of the multihead /
+  query decoders; a sequence is Z independent per-position draws. `generator.generate(verb_logits,
+  noun_logits, *, k, rng)` is the shorthand for it (the reference interface).
+- `AutoregressiveSource(decoder, pooled, tokens)`: an autoregressive decoder in the loop; a draw is
+  ancestral sampling (step t sampled given the sampled steps < t), greedy is step-wise argmax.
+
+So every generator below works for both kinds of model and keeps its meaning ("sample" = K draws from
+the model's sequence distribution; for an autoregressive model that is ancestral sampling). `beam_search`
+needs an autoregressive decoder (`requires_autoregressive`); `forecast_split` refuses it for a
+logits model with a clear error.
 
 - `sample`: the reference (§3.5): K independent categorical draws per position, verb and noun
   independent of each other; `temperature` divides the logits.
@@ -11,8 +22,11 @@ Interface: `generator.generate(verb_logits (W, Z, V), noun_logits (W, Z, N), *, 
   lowest mean edit distance to the other draws.
 - `mbr_set`: the same draws; chooses the set greedily to minimise the expected *minimum* edit
   distance over the set, which is what ED@Z (min over K) rewards.
+- `beam_search` (autoregressive only): the K most probable sequences of a beam of `beam_size`.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -46,6 +60,98 @@ def _to_numpy(*tensors: torch.Tensor) -> tuple[np.ndarray, ...]:
     return tuple(t.detach().cpu().numpy().astype(np.int64) for t in tensors)
 
 
+class LogitsSource:
+    """Per-position logits: each sequence is Z independent draws (verb and noun independent too)."""
+
+    autoregressive = False
+
+    def __init__(self, verb_logits: torch.Tensor, noun_logits: torch.Tensor):
+        self.verb_logits, self.noun_logits = verb_logits, noun_logits
+        self.num_nouns = noun_logits.shape[-1]
+
+    def draw(self, num: int, temperature: float, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> verb, noun (W, num, Z); verb drawn first, then noun (the rng order of the reference)."""
+        return _draw(self.verb_logits, num, temperature, rng), _draw(self.noun_logits, num, temperature, rng)
+
+    def greedy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> per-position argmax verb, noun (W, 1, Z)."""
+        return self.verb_logits.argmax(-1).unsqueeze(1), self.noun_logits.argmax(-1).unsqueeze(1)
+
+
+def _sample_ids(logits: torch.Tensor, temperature: float, rng: torch.Generator) -> torch.Tensor:
+    """(B, C) logits -> (B,) ids on the logits' device; drawn on the CPU so a seed gives the same ids anywhere."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=rng)[:, 0].to(logits.device)
+
+
+class AutoregressiveSource:
+    """An autoregressive decoder (`start` / `step` / `reorder`) and the context of W windows."""
+
+    autoregressive = True
+
+    def __init__(self, decoder, pooled: torch.Tensor, tokens: torch.Tensor | None):
+        self.decoder, self.pooled, self.tokens = decoder, pooled, tokens
+        self.num_windows, self.num_future, self.num_nouns = pooled.shape[0], decoder.num_future, decoder.num_nouns
+
+    def _start(self, per_window: int) -> dict:
+        """Decoding state with `per_window` consecutive rows per window (window w -> rows w*per_window...)."""
+        state = self.decoder.start(self.pooled, self.tokens)
+        index = torch.arange(self.num_windows, device=self.pooled.device).repeat_interleave(per_window)
+        return self.decoder.reorder(state, index) if per_window > 1 else state
+
+    @torch.no_grad()
+    def draw(self, num: int, temperature: float, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ancestral sampling: -> verb, noun (W, num, Z); per step the verb is drawn, then the noun."""
+        w, z = self.num_windows, self.num_future
+        if num == 0:
+            empty = torch.zeros((w, 0, z), dtype=torch.int64)
+            return empty, empty
+        state = self._start(num)
+        verb = noun = None
+        verbs, nouns = [], []
+        for _ in range(z):
+            lv, ln = self.decoder.step(state, verb, noun)  # (W*num, V), (W*num, N)
+            verb, noun = _sample_ids(lv, temperature, rng), _sample_ids(ln, temperature, rng)
+            verbs.append(verb)
+            nouns.append(noun)
+        return (torch.stack(verbs, 1).reshape(w, num, z).cpu(), torch.stack(nouns, 1).reshape(w, num, z).cpu())
+
+    def greedy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step-wise argmax: -> verb, noun (W, 1, Z)."""
+        return self.draw(1, 0.0, torch.Generator())
+
+    @torch.no_grad()
+    def beam(self, beam_size: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `k` highest joint log-probability sequences of a beam search: -> verb, noun (W, k, Z)."""
+        w, z, b = self.num_windows, self.num_future, beam_size
+        dev = self.pooled.device
+        state = self._start(b)
+        score = torch.full((w, b), -math.inf, device=dev)
+        score[:, 0] = 0.0  # all beams start identical: keep one alive
+        seq_v = torch.zeros((w * b, 0), dtype=torch.int64, device=dev)
+        seq_n = seq_v
+        verb = noun = None
+        for _ in range(z):
+            lv, ln = self.decoder.step(state, verb, noun)
+            lv, ln = torch.log_softmax(lv.float(), -1), torch.log_softmax(ln.float(), -1)
+            # the top-b (verb, noun) pairs of a beam lie among its top-b verbs x top-b nouns
+            tv, iv = lv.topk(min(b, lv.shape[-1]), dim=-1)  # (W*b, bv)
+            tn, in_ = ln.topk(min(b, ln.shape[-1]), dim=-1)  # (W*b, bn)
+            bv, bn = tv.shape[-1], tn.shape[-1]
+            cand = score.reshape(w * b, 1, 1) + tv[:, :, None] + tn[:, None, :]  # (W*b, bv, bn)
+            score, flat = cand.reshape(w, b * bv * bn).topk(b, dim=-1)  # (W, b)
+            src = (torch.arange(w, device=dev)[:, None] * b + flat // (bv * bn)).reshape(-1)  # parent rows (W*b,)
+            rest = (flat % (bv * bn)).reshape(-1)
+            verb, noun = iv[src, rest // bn], in_[src, rest % bn]
+            seq_v = torch.cat([seq_v[src], verb[:, None]], 1)
+            seq_n = torch.cat([seq_n[src], noun[:, None]], 1)
+            state = self.decoder.reorder(state, src)
+        # beams come out sorted by score (topk); the first k are the k best
+        return seq_v.reshape(w, b, z)[:, :k].cpu(), seq_n.reshape(w, b, z)[:, :k].cpu()
+
+
 @GENERATORS.register("sample")
 class SampleGenerator:
     """K independent draws per position (the reference generator, `temperature=1`)."""
@@ -53,8 +159,13 @@ class SampleGenerator:
     def __init__(self, *, temperature: float = 1.0):
         self.temperature = temperature
 
+    requires_autoregressive = False
+
     def generate(self, verb_logits, noun_logits, *, k: int, rng: torch.Generator):
-        return _to_numpy(_draw(verb_logits, k, self.temperature, rng), _draw(noun_logits, k, self.temperature, rng))
+        return self.generate_from(LogitsSource(verb_logits, noun_logits), k=k, rng=rng)
+
+    def generate_from(self, source, *, k: int, rng: torch.Generator):
+        return _to_numpy(*source.draw(k, self.temperature, rng))
 
 
 @GENERATORS.register("greedy+sample")
@@ -64,12 +175,17 @@ class GreedySampleGenerator:
     def __init__(self, *, temperature: float = 1.0):
         self.temperature = temperature
 
+    requires_autoregressive = False
+
     def generate(self, verb_logits, noun_logits, *, k: int, rng: torch.Generator):
-        out = []
-        for logits in (verb_logits, noun_logits):
-            greedy = logits.argmax(-1).unsqueeze(1)  # (W, 1, Z)
-            out.append(torch.cat([greedy, _draw(logits, k - 1, self.temperature, rng)], dim=1) if k > 1 else greedy)
-        return _to_numpy(*out)
+        return self.generate_from(LogitsSource(verb_logits, noun_logits), k=k, rng=rng)
+
+    def generate_from(self, source, *, k: int, rng: torch.Generator):
+        greedy = source.greedy()  # (W, 1, Z) each
+        if k == 1:
+            return _to_numpy(*greedy)
+        draws = source.draw(k - 1, self.temperature, rng)
+        return _to_numpy(*(torch.cat([g, d], dim=1) for g, d in zip(greedy, draws)))
 
 
 def pairwise_edit_distance(tokens: np.ndarray) -> np.ndarray:
@@ -81,6 +197,8 @@ def pairwise_edit_distance(tokens: np.ndarray) -> np.ndarray:
 
 
 class _MBRBase:
+    requires_autoregressive = False
+
     def __init__(self, *, num_samples: int = 64, temperature: float = 1.0, chunk_windows: int = 256):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -92,9 +210,11 @@ class _MBRBase:
         raise NotImplementedError
 
     def generate(self, verb_logits, noun_logits, *, k: int, rng: torch.Generator):
-        num_nouns = noun_logits.shape[-1]
-        verb, noun = _to_numpy(_draw(verb_logits, self.num_samples, self.temperature, rng),
-                               _draw(noun_logits, self.num_samples, self.temperature, rng))  # (W, M, Z)
+        return self.generate_from(LogitsSource(verb_logits, noun_logits), k=k, rng=rng)
+
+    def generate_from(self, source, *, k: int, rng: torch.Generator):
+        num_nouns = source.num_nouns
+        verb, noun = _to_numpy(*source.draw(self.num_samples, self.temperature, rng))  # (W, M, Z)
         actions = verb * num_nouns + noun
         chosen = np.empty((len(verb), k), dtype=np.int64)
         for lo in range(0, len(verb), self.chunk_windows):
@@ -131,3 +251,26 @@ class MBRSetGenerator(_MBRBase):
             chosen[:, slot] = pick
             best = np.minimum(best, dist[rows, pick])
         return chosen
+
+
+@GENERATORS.register("beam_search")
+class BeamSearchGenerator:
+    """Autoregressive decoders only: the K most probable sequences of a beam search (`beam_size` >= K).
+
+    Beams share long prefixes, so the K candidates are less diverse than ancestral draws; ED@Z (min over K)
+    usually prefers `greedy+sample` or `mbr_set`. Deterministic (`rng` unused); `temperature` is accepted
+    so one CLI option can set every generator, and ignored (beams rank the model's own log-probabilities).
+    """
+
+    requires_autoregressive = True
+
+    def __init__(self, *, beam_size: int = 8, temperature: float = 1.0):
+        self.beam_size = beam_size
+
+    def generate_from(self, source, *, k: int, rng: torch.Generator):
+        if not getattr(source, "autoregressive", False):
+            raise ValueError("generator 'beam_search' needs an autoregressive decoder (decoder: autoregressive); "
+                             "for per-position logits use sample, greedy+sample, mbr or mbr_set")
+        if self.beam_size < k:
+            raise ValueError(f"beam_search: beam_size {self.beam_size} < K {k}")
+        return _to_numpy(*source.beam(self.beam_size, k))

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from train_heads.aggregators import create_aggregator
-from train_heads.decoders import create_decoder
+from train_heads.decoders import create_decoder, is_autoregressive
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ModelConfig:
     num_future: int = 20  # forecast length Z
     aggregator: str = "concat"  # registered aggregator: concat, mean, transformer
     aggregator_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 6, heads: 8}
-    decoder: str = "multihead"  # registered decoder: multihead, query
+    decoder: str = "multihead"  # registered decoder: multihead, query, autoregressive
     decoder_kwargs: dict[str, Any] = field(default_factory=dict)
     recognition: bool = True  # auxiliary (verb, noun) head on each observed segment
     num_verbs: int = 0  # filled from the taxonomy at train time
@@ -173,13 +173,36 @@ class ForecastModel(nn.Module):
             parts.append(self.inputs[name](x))
         return torch.cat(parts, dim=-1)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    @property
+    def autoregressive(self) -> bool:
+        """True when the decoder emits step by step (teacher forcing in training, ancestral generation)."""
+        return is_autoregressive(self.decoder)
+
+    def context(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> fused observed tokens (B, N_in, D), aggregator tokens (B, N_in, D_tok), pooled (B, D')."""
         fused = self.fuse(inputs)  # (B, N_in, D)
         tokens = self.aggregator.encode(fused)
-        out = self.decoder(self.aggregator.pool(tokens), tokens)
-        if self.recognition is not None:
-            rec = self.recognition(fused)  # (B, N_in, V+N)
-            out["obs_verb"], out["obs_noun"] = rec[..., :self.num_verbs], rec[..., self.num_verbs:]
+        return fused, tokens, self.aggregator.pool(tokens)
+
+    def recognise(self, fused: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Observed-segment logits {"obs_verb": (B, N_in, V), "obs_noun": ...}; empty without a recognition head."""
+        if self.recognition is None:
+            return {}
+        rec = self.recognition(fused)  # (B, N_in, V+N)
+        return {"obs_verb": rec[..., :self.num_verbs], "obs_noun": rec[..., self.num_verbs:]}
+
+    def forward(self, inputs: dict[str, torch.Tensor], future: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Logits of the Z future steps and of the observed segments.
+
+        `future` {"verb": (B, Z), "noun": (B, Z)} is read by autoregressive decoders only (teacher forcing);
+        without it they decode greedily. Other decoders ignore it.
+        """
+        fused, tokens, pooled = self.context(inputs)
+        if self.autoregressive:
+            out = self.decoder(pooled, tokens, future=future)
+        else:
+            out = self.decoder(pooled, tokens)
+        out.update(self.recognise(fused))
         return out
 
 

@@ -189,7 +189,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindo
         t0, t_log, loss_sum, loss_n = time.perf_counter(), time.perf_counter(), torch.zeros((), device=device), 0
         for batch in iterate_batches(train_data, bank, batch_size=cfg.batch_size, train=True, rng=data_rng):
             with autocast(device, cfg.amp):
-                out = model(batch.inputs)
+                # autoregressive decoders read the true future (teacher forcing); the others ignore it
+                out = model(batch.inputs, future={"verb": batch.future_verb, "noun": batch.future_noun})
                 loss = forecast_loss(out, batch.future_verb, batch.future_noun, label_smoothing=cfg.label_smoothing)
                 if "obs_verb" in out and cfg.recognition_weight:
                     loss = loss + cfg.recognition_weight * recognition_loss(
