@@ -135,7 +135,9 @@ def test_sigkill_extract_then_rerun_equals_uninterrupted(sample, reference, tmp_
         if trial == 1 and done < num_rows:  # the re-run meets a full disk first: it fails, the store stays intact
             disk["trials"] += 1
             err = finish(start("extract", args, file_limit=FILE_LIMIT), want_rc=None)
-            clean_error = "StoreWriteError" in err and "cannot write rows" in err and "File too large" in err
+            (line,) = [x for x in err.splitlines() if "StoreWriteError" in x] or [""]  # one line, no traceback
+            clean_error = (line.startswith("lta extract: StoreWriteError: ") and "cannot write rows" in line
+                           and "File too large" in line and "Traceback" not in err)
             intact = filled_rows(root) >= done and (done == 0 or rows_lost(root, reference) == num_rows - filled_rows(root))
             disk["survived"] += clean_error and intact
             assert clean_error and intact, err[-2000:]
@@ -162,6 +164,21 @@ def test_two_shards_racing_on_one_store(sample, reference, tmp_path):
     leftovers = list(tmp_path.glob(".*tmp-*"))
     record_fault("two extract shards racing on one store", 1, int(lost == 0 and not leftovers), lost)
     assert lost == 0 and not leftovers and not (tmp_path / "failures.jsonl").exists()
+    shard_summaries = [json.loads((tmp_path / f"extract_summary.shard-{i}-of-2.json").read_text()) for i in range(2)]
+    assert sum(s["rows_done"] for s in shard_summaries) == len(reference[0])  # each shard kept its own summary
+
+
+def test_same_shard_twice_at_once(sample, reference, tmp_path):
+    """The same shard started twice (a SLURM requeue while the old job runs): the second is refused by the lock."""
+    procs = [start("extract", [f"data={sample}", f"store={tmp_path}", *EXTRACT_ARGS]) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    results = [(p.returncode, err) for p, err in zip(procs, errs)]
+    refused = [err for rc, err in results if rc == 1 and "ShardLockedError" in err]
+    lost = rows_lost(tmp_path, reference)
+    one_line = len(refused) == 1 and "Traceback" not in refused[0] and ".locks/shard-0-of-1.lock is held by " in refused[0]
+    record_fault("same extract shard twice at once", 1, int(lost == 0 and one_line), lost)
+    assert sorted(rc for rc, _ in results) == [0, 1] and one_line, [err[-1500:] for _, err in results]
+    assert lost == 0 and summary(tmp_path)["rows_done"] == len(reference[0])
 
 
 # -- train-heads ------------------------------------------------------------------------------------
