@@ -2,9 +2,9 @@
 
 Adam, lr 1e-4, weight decay 1e-4 (0 on norm parameters), linear warm-up then half-cosine per
 iteration, loss = sum over the Z positions of CE(verb) + CE(noun) (2Z terms) plus the weighted
-recognition loss on the observed segments; batch 64. An autoregressive decoder gets the true future
-as its inputs (teacher forcing; `model(inputs, future=...)`, which other decoders ignore). Options: AdamW, label smoothing, bf16 AMP
-on CUDA. After every epoch: val ED@Z with the seeded `val_generator`; best checkpoint by val action
+recognition loss on the observed segments; batch 64. An autoregressive decoder reads the true future
+as its inputs (teacher forcing: `model(inputs, future=...)`, which other decoders ignore). Options:
+AdamW, label smoothing, bf16 AMP on CUDA. After every epoch: val ED@Z with the seeded `val_generator`; best checkpoint by val action
 (or verb) ED; early stopping; `last.pt` holds everything needed to resume bit-exactly on the CPU.
 """
 from __future__ import annotations
