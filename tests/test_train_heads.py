@@ -205,3 +205,11 @@ def test_standardize_is_fitted_on_training_rows_and_travels_with_the_checkpoint(
     assert torch.equal(model.norms["slowfast"].mean, state["norms.slowfast.mean"])
     # a reference-style head (normalize: none) has no norm parameters, so released checkpoints still load strictly
     assert not any(k.startswith("norms.") for k in load_run(trained).model.state_dict())
+
+
+def test_partial_checkpoint_of_a_killed_run_is_removed(sample, tmp_path):
+    run = tmp_path / "killed"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt.tmp").write_bytes(b"PK\x03\x04 half a zip")  # SIGKILL during save_checkpoint
+    _small_train(sample, run, stop_after=1)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]

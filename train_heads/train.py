@@ -149,6 +149,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindo
 
     device = resolve_device(cfg.device)
     run_dir = Path(run_dir)
+    for stale in sorted((run_dir / "checkpoints").glob("*.pt.tmp")):  # left by a process killed mid-write
+        log.warning("removing %s, a partial checkpoint of an interrupted run", stale)
+        stale.unlink()
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
     if cfg.max_train_windows and len(train_windows) > cfg.max_train_windows:
