@@ -26,3 +26,14 @@ def sample_annotations(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample_annotations")
     write_sample(root, clips=6, seed=7, videos=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tests, restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,11 +28,8 @@ TINY_FINETUNE = ["backbone=slowfast_r50_8x8", "init=random", "resized=false", "w
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Tiny backbones: one thread is faster than two and keeps the numbers reproducible."""
 
 
 @pytest.fixture(scope="module")
