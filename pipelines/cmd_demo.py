@@ -39,7 +39,7 @@ class DemoConfig:
     clips: int = opt(12, "synthetic clips over all splits (12: ~475 segments, 22 min of video)")
     seed: int = opt(0, "sample seed")
     crop_size: int = opt(64, "extractor crop (CPU-sized; the released models use 224)")
-    configs: list[str] = opt(["demo/slowfast_concat", "demo/video_clip"], "head configs: names under pipelines/configs/ or YAML paths")
+    configs: list[str] = opt(["demo/slowfast_concat", "demo/video_clip", "demo/ar_transformer"], "head configs: names under pipelines/configs/ or YAML paths")
     epochs: int = opt(0, "override every config's epochs (0: the configs' own)")
     generators: list[str] = opt(["sample", "greedy+sample", "mbr"], "generation strategies to score")
     jobs: int = opt(2, "parallel ffmpeg resize jobs")
@@ -157,9 +157,9 @@ def results_table(metrics: dict[str, dict], generators: Sequence[str]) -> list[d
 
 def _print_table(rows: list[dict], num_windows: int) -> None:
     print(f"\nval ED@20 (lower is better; {num_windows} windows of the synthetic sample, random-weight extractors)")
-    print(f"  {'method':<52} {'verb':>7} {'noun':>7} {'action':>7}")
+    print(f"  {'method':<58} {'verb':>7} {'noun':>7} {'action':>7}")
     for r in rows:
-        print(f"  {r['method']:<52} {r['verb']:>7.4f} {r['noun']:>7.4f} {r['action']:>7.4f}")
+        print(f"  {r['method']:<58} {r['verb']:>7.4f} {r['noun']:>7.4f} {r['action']:>7.4f}")
 
 
 def _stage_predict(run: Path, generator: str, data: Path, out: Path) -> dict:

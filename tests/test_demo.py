@@ -29,7 +29,7 @@ def test_demo_learns_and_beats_the_frequency_prior(demo_run):
     rows = {r["method"]: r for r in summary["table"]}
     prior = rows["frequency_prior"]
     heads = [r for r in summary["table"] if r["kind"] == "trained head"]
-    assert {r["run"] for r in heads} == {"slowfast_concat", "video_clip"}
+    assert {r["run"] for r in heads} == {"slowfast_concat", "video_clip", "ar_transformer"}
     for r in heads:
         if r["generator"] == "sample":  # the reference generator, the same one the prior uses
             assert r["verb"] < prior["verb"] - 0.05, r
@@ -51,7 +51,7 @@ def test_demo_outputs_are_complete(demo_run):
     html = (out / "report.html").read_text()
     assert html.count("data:image/jpeg;base64,") >= 6 and "random" in html
     assert summary["rows"] == sum(1 for split in ("train", "val", "test") for _ in _segments(out, split))
-    for run in ("slowfast_concat", "video_clip"):
+    for run in ("slowfast_concat", "video_clip", "ar_transformer"):
         assert (out / "runs" / run / "metrics_val.json").is_file()
         assert (out / "runs" / run / "checkpoints" / "best.pt").is_file()
 
