@@ -21,7 +21,14 @@ The reference's precise-BN pass (200 batches) is not implemented.
 Run directory: checkpoints/last.pt (model, optimiser, scheduler, step; resumed automatically) and
 checkpoints/rng_rank<r>.pt (every RNG stream as tensors/ints; all files load with `weights_only=True`),
 backbone.pt + backbone.json + heads.pt (the export `lta extract` loads, see finetune_model),
-metrics.jsonl (one line per validation), tb/ (TensorBoard).
+metrics.jsonl (one line per validation), tb/ (TensorBoard), failures.jsonl (bad clips, see below).
+
+Bad input: before training every clip of the train and val splits is probed (`finetune_data.probe_split`);
+bad clips go to failures.jsonl (stage "finetune-probe": clip_uid, path, rows dropped, reason) and their
+segments are dropped; more than `max_failed_frac` of the segments dropped raises `TooManyFailures`
+before anything but failures.jsonl is written. A decode error during training (stage "finetune-decode":
+clip_uid, action_idx, window_sec, epoch, reason) is appended by the main process and training goes on
+with a deterministic replacement sample.
 """
 from __future__ import annotations
 
@@ -33,11 +40,11 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from extract.finetune_data import EpochBatchSampler, RecognitionDataset, make_loader
+from extract.finetune_data import EpochBatchSampler, ProbeReport, RecognitionDataset, make_loader, probe_split
 from extract.finetune_model import (
     RECIPES,
     BackboneSpec,
@@ -52,6 +59,11 @@ from extract.finetune_model import (
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
+FAILURES = "failures.jsonl"
+
+
+class TooManyFailures(RuntimeError):
+    """The probe dropped more than `max_failed_frac` of the segments; raised before training starts."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,7 @@ class TrainOptions:
     device: str = "auto"
     precision: str = "auto"
     resume: bool = True
+    max_failed_frac: float = 0.01
 
 
 @dataclass
@@ -231,12 +244,19 @@ class TrainState:
     step_sec: float = 0.0
 
 
-def finetune(opts: TrainOptions) -> dict:
+def finetune(opts: TrainOptions, *, on_probed: Callable[[list[ProbeReport]], None] | None = None) -> dict:
     """Train (or resume) a recognition run in `opts.out`; returns the last validation metrics and throughput.
 
     The returned dict has `step`, `val` ({verb_top1, verb_top5, noun_top1, noun_top5, loss} or {}),
-    `samples_per_sec`, `data_wait_share` (time blocked on the DataLoader / train-loop time), `spec`
-    and `model` (the trained RecognitionModel, unwrapped from DDP).
+    `samples_per_sec`, `data_wait_share` (time blocked on the DataLoader / train-loop time),
+    `dropped` (segments dropped by the probe), `decode_failures` (decode errors met in training and
+    validation by this process), `spec` and `model` (the trained RecognitionModel, unwrapped from DDP).
+
+    `on_probed` is called with the probe reports (train, then val) once the clips are checked, before
+    the first frame is decoded (a caller's hook; the tests use it to damage a clip mid-run).
+
+    Raises:
+        TooManyFailures: more than `opts.max_failed_frac` of the train + val segments were dropped.
     """
     import torch
 
@@ -248,9 +268,13 @@ def finetune(opts: TrainOptions) -> dict:
     train_ann = load_split(opts.data, opts.train_split)
     val_ann = load_split(opts.data, opts.val_split, train_ann.taxonomy) if opts.val_split else None
     taxonomy = train_ann.taxonomy
+    probes = _probe(opts, spec, train_ann, val_ann, out / FAILURES if dist.is_main else None)
+    if on_probed is not None:
+        on_probed(probes)
     train_ds = RecognitionDataset(opts.data, train_ann, spec, train=True, seed=opts.seed, flip_prob=opts.flip_prob,
-                                  resized=opts.resized)
-    val_ds = RecognitionDataset(opts.data, val_ann, spec, train=False, resized=opts.resized) if val_ann is not None else None
+                                  resized=opts.resized, probe=probes[0])
+    val_ds = (RecognitionDataset(opts.data, val_ann, spec, train=False, resized=opts.resized, probe=probes[1])
+              if val_ann is not None else None)
     plan = make_plan(opts, len(train_ds), dist.world_size)
 
     random.seed(opts.seed)
@@ -293,6 +317,7 @@ def finetune(opts: TrainOptions) -> dict:
     val_metrics: dict = {}
     loop_start, loop_data, loop_samples = time.perf_counter(), 0.0, 0
     epoch_losses: list[float] = []  # this process's step losses since the last validation
+    decode_failures = 0
     while state.step < stop_step:
         epoch, step_in_epoch = divmod(state.step, plan.steps_per_epoch)
         train_ds.set_epoch(epoch)
@@ -307,7 +332,9 @@ def finetune(opts: TrainOptions) -> dict:
             loss_sum = 0.0
             for micro in range(opts.accum_steps):
                 t_data = time.perf_counter()
-                inputs, verb, noun, _idx = next(batches)
+                inputs, verb, noun, _idx, failed = next(batches)
+                if failed:
+                    decode_failures += _record_failures(out / FAILURES, failed, step=state.step, rank=dist.rank)
                 wait = time.perf_counter() - t_data
                 state.data_sec += wait
                 loop_data += wait
@@ -342,7 +369,8 @@ def finetune(opts: TrainOptions) -> dict:
         epoch_done = state.step % plan.steps_per_epoch == 0
         if epoch_done and val_ds is not None and ((epoch + 1) % opts.val_every == 0 or state.step == plan.total_steps):
             val_metrics = evaluate(model, val_ds, batch_size=plan.micro_batch, num_workers=opts.num_workers, dist=dist,
-                                   precision=opts.precision)
+                                   precision=opts.precision, failures_path=out / FAILURES, step=state.step)
+            decode_failures += val_metrics.pop("decode_failures")
             val_metrics["train_loss"] = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
             epoch_losses = []
             if dist.is_main:
@@ -356,12 +384,57 @@ def finetune(opts: TrainOptions) -> dict:
     if writer is not None:
         writer.close()
     return {"step": state.step, "val": val_metrics, "samples_per_sec": loop_samples / elapsed if elapsed else 0.0,
-            "data_wait_share": loop_data / elapsed if elapsed else 0.0, "spec": spec, "model": model}
+            "data_wait_share": loop_data / elapsed if elapsed else 0.0, "dropped": sum(p.num_dropped for p in probes),
+            "decode_failures": decode_failures, "spec": spec, "model": model}
+
+
+def _probe(opts: TrainOptions, spec: BackboneSpec, train_ann, val_ann, failures_path: Path | None) -> list[ProbeReport]:
+    """Probe the clips of both splits, record the bad ones, drop their segments; raise past `max_failed_frac`."""
+    from extract.pipeline import _append_failures
+
+    t0 = time.perf_counter()
+    probes = [probe_split(opts.data, train_ann, spec, train=True, resized=opts.resized)]
+    if val_ann is not None:
+        probes.append(probe_split(opts.data, val_ann, spec, train=False, resized=opts.resized))
+    failures = [rec for p in probes for rec in p.failures]
+    dropped, total = sum(p.num_dropped for p in probes), sum(p.num_segments for p in probes)
+    clips = sum(len(a.clip_uids) for a in (train_ann, val_ann) if a is not None)
+    log.info("probed %d clips in %.1f s: %d bad, %d of %d segments dropped%s", clips, time.perf_counter() - t0,
+             len(failures), dropped, total, f"; reasons in {failures_path}" if failures and failures_path else "")
+    for rec in failures[:20]:
+        log.warning("dropped %d %s segment(s) of clip %s: %s", rec["rows"], rec["split"], rec["clip_uid"], rec["reason"])
+    if failures_path is not None:
+        _append_failures(failures_path, failures)
+    if dropped > opts.max_failed_frac * total:
+        raise TooManyFailures(f"{dropped} of {total} segments ({dropped / total:.1%}) belong to clips that failed the probe, "
+                              f"more than max_failed_frac={opts.max_failed_frac}; reasons in {failures_path or FAILURES}; "
+                              "nothing was trained")
+    for p in probes:
+        if not len(p.rows):
+            raise TooManyFailures(f"split {p.split!r}: every segment was dropped; reasons in {failures_path or FAILURES}")
+    return probes
+
+
+def _record_failures(path: Path | None, records: list[dict], *, step: int, rank: int) -> int:
+    """Append decode failures met by the loader to `path` (the workers cannot share the file) and log them;
+    returns their count. Ranks append whole lines, so they can share one file."""
+    from extract.pipeline import _append_failures
+
+    for rec in records:
+        log.warning("decode failed (%s, rank %d, step %d): %s%s", rec["split"], rank, step, rec["reason"],
+                    f"; replaced by sample {rec['replaced_by']}" if "replaced_by" in rec else "; left out")
+    if path is not None:
+        _append_failures(path, [dict(rec, step=step, rank=rank) for rec in records])
+    return len(records)
 
 
 def evaluate(model, dataset: RecognitionDataset, *, batch_size: int, num_workers: int, dist: DistInfo,
-             precision: str = "auto") -> dict:
-    """Verb / noun top-1 and top-5 accuracy and mean loss over every segment of `dataset` (summed across ranks)."""
+             precision: str = "auto", failures_path: Path | None = None, step: int = -1) -> dict:
+    """Verb / noun top-1 and top-5 accuracy and mean loss over every segment of `dataset` (summed across ranks).
+
+    Segments whose decode fails are left out (`num_samples` counts those evaluated); their records are
+    appended to `failures_path` (logged only without one) and counted in `decode_failures` (this rank's).
+    """
     import torch
 
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False, rank=dist.rank, world_size=dist.world_size)
@@ -370,8 +443,13 @@ def evaluate(model, dataset: RecognitionDataset, *, batch_size: int, num_workers
     model.eval()
     # counts: verb top1, verb top5, noun top1, noun top5, loss sum, n
     totals = torch.zeros(6, dtype=torch.float64, device=dist.device)
+    decode_failures = 0
     with torch.no_grad():
-        for inputs, verb, noun, _idx in loader:
+        for inputs, verb, noun, _idx, failed in loader:
+            if failed:
+                decode_failures += _record_failures(failures_path, failed, step=step, rank=dist.rank)
+            if inputs is None:
+                continue
             inputs, verb, noun = _to_device(inputs, dist.device), verb.to(dist.device), noun.to(dist.device)
             with _autocast(dist.device, precision):
                 logits = model(inputs)
@@ -389,7 +467,8 @@ def evaluate(model, dataset: RecognitionDataset, *, batch_size: int, num_workers
     model.train(was_training)
     n = max(1.0, float(totals[5]))
     keys = ("verb_top1", "verb_top5", "noun_top1", "noun_top5", "loss")
-    return {k: float(totals[i]) / n for i, k in enumerate(keys)} | {"num_samples": int(totals[5])}
+    return {k: float(totals[i]) / n for i, k in enumerate(keys)} | {"num_samples": int(totals[5]),
+                                                                    "decode_failures": decode_failures}
 
 
 def _log_val(out: Path, writer, epoch: int, step: int, metrics: dict) -> None:

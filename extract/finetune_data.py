@@ -12,17 +12,31 @@ training clip; here `flip_prob` defaults to 0.5, the intended augmentation.
 
 All randomness of a sample (window position, scale, crop, flip) comes from a generator seeded by
 (seed, epoch, index), so a sample is the same whichever worker decodes it and after a resume.
+
+Bad clips (bad-input standard): `probe_split` checks every clip of a split before training (exists,
+safe path, opens with PyAV, has a video stream, not truncated, constant rate: `decode.probe_clip`, the
+check `lta extract` runs; and every segment's window starts inside the clip) and returns the rows kept
+plus one failure record per bad clip. A clip that probed fine but fails to decode later (changed on
+disk, damaged past the demuxed index) does not stop training: the item records the failure and, in
+training, is replaced by another sample drawn from a generator seeded by (seed, epoch, index, attempt),
+so the replacement is the same in every worker and after a resume; in validation the item is left out.
+Records travel back with the batch (`collate`, 5th field) and the main process writes them.
 """
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
+from extract import decode
 from extract.finetune_model import BackboneSpec
 from features.annotations import SplitAnnotations, clip_path
+
+MAX_REPLACEMENTS = 10  # a training item whose sample and this many replacements all fail to decode raises
 
 if TYPE_CHECKING:
     import torch
@@ -77,8 +91,81 @@ def pack_pathways(x: "torch.Tensor", alpha: int) -> Any:
     return [x.index_select(1, slow_idx), x]
 
 
+@dataclass
+class ProbeReport:
+    """What `probe_split` found: the rows to use, the probed clips, one failure record per bad clip."""
+
+    split: str
+    num_segments: int  # segments of the split
+    rows: np.ndarray  # (K,) int64 annotation rows kept, ascending
+    infos: dict[str, decode.ClipInfo] = field(default_factory=dict)  # clip_uid -> info, clips with kept rows
+    failures: list[dict] = field(default_factory=list)  # failures.jsonl records: stage, split, clip_uid, path, rows, reason
+
+    @property
+    def num_dropped(self) -> int:
+        return self.num_segments - len(self.rows)
+
+
+def _probe_clip(data_dir: Path, ann: SplitAnnotations, uid: str, *, position: float, spec: BackboneSpec,
+                resized: bool) -> tuple[decode.ClipInfo | None, list[int], dict | None]:
+    """(info, rows kept, failure record or None) of one clip: `decode.probe_clip` plus every segment's window."""
+    rows = list(range(ann.clip_slices[uid].start, ann.clip_slices[uid].stop))
+    record = {"stage": "finetune-probe", "split": ann.split, "clip_uid": uid, "path": ""}
+    try:
+        path = clip_path(data_dir, uid, resized=resized)
+        record["path"] = str(path)
+        info = decode.probe_clip(path)
+    except decode.DecodeError as err:  # missing, empty, unreadable, truncated, no video stream, variable rate
+        return None, [], record | {"rows": len(rows), "reason": str(err)}
+    except Exception as err:  # an unsafe path (a link out of the data root), permissions, ...: recorded, not fatal
+        return None, [], record | {"rows": len(rows), "reason": f"{type(err).__name__}: {err}"}
+    kept, outside, reason = [], [], ""
+    for r in rows:
+        try:  # the latest window start the sampler can draw (train) or the centred one (val)
+            decode.window_frame_indices(float(ann.start_sec[r]), float(ann.end_sec[r]), num_frames=spec.num_frames,
+                                        sampling_rate=spec.sampling_rate, fps=info.fps, position=position,
+                                        target_fps=spec.target_fps, num_clip_frames=info.num_frames)
+            kept.append(r)
+        except decode.WindowOutOfRange as err:
+            outside.append(int(ann.action_idx[r]))
+            reason = reason or f"{path}: action_idx={outside[0]}: {err}"
+    if not outside:
+        return info, kept, None
+    return info, kept, record | {"rows": len(outside), "action_idx": outside,
+                                 "reason": f"{len(outside)} segment window(s) outside the video, e.g. {reason}"}
+
+
+def probe_split(data_dir: Path | str, ann: SplitAnnotations, spec: BackboneSpec, *, train: bool, resized: bool = True,
+                threads: int = 4) -> ProbeReport:
+    """Probe every clip of `ann` (demux only, one frame decoded) before training; bad clips' rows are dropped.
+
+    A clip fails as a whole when `decode.probe_clip` refuses it or its path is unsafe; single segments
+    are dropped when their window starts after the clip's last frame (for `train`, at the latest
+    position the random sampler can draw). Never raises for a bad clip: it becomes a record.
+    """
+    position = 1.0 if train else 0.5
+    data_dir = Path(data_dir)
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(ann.clip_uids)))) as pool:
+        results = list(pool.map(lambda uid: _probe_clip(data_dir, ann, uid, position=position, spec=spec, resized=resized),
+                                ann.clip_uids))
+    report = ProbeReport(ann.split, ann.num_segments, np.zeros(0, dtype=np.int64))
+    kept: list[int] = []
+    for uid, (info, rows, failure) in zip(ann.clip_uids, results):
+        if rows:
+            report.infos[uid] = info
+            kept += rows
+        if failure is not None:
+            report.failures.append(failure)
+    report.rows = np.asarray(sorted(kept), dtype=np.int64)
+    return report
+
+
 class RecognitionDataset:
-    """Map-style dataset: item i = (inputs, verb, noun, i) for labelled segment i of a split.
+    """Map-style dataset: item i = (inputs, verb, noun, index, failures) for the i-th labelled segment kept.
+
+    `index` is the dataset index of the sample returned (a replacement's, see the module docstring);
+    `failures` lists the records of decode failures met on the way (usually empty). A validation item
+    whose decode failed has `inputs` None and is left out of the batch by `collate`.
 
     Args:
         data_dir: dataset root (annotations/, clips/).
@@ -88,10 +175,12 @@ class RecognitionDataset:
         seed: base seed of the per-sample generators; `set_epoch` changes the draws per epoch.
         flip_prob: horizontal flip probability in training.
         resized: read `clips/` (short side 320, the default) or the raw `clips_hq/`.
+        probe: `probe_split`'s report: only its rows are used and its clip infos are reused. Without
+            it every segment is used and every clip must exist.
     """
 
     def __init__(self, data_dir: Path | str, ann: SplitAnnotations, spec: BackboneSpec, *, train: bool,
-                 seed: int = 0, flip_prob: float = 0.5, resized: bool = True):
+                 seed: int = 0, flip_prob: float = 0.5, resized: bool = True, probe: ProbeReport | None = None):
         if not ann.has_labels:
             raise ValueError(f"{ann.path}: split {ann.split!r} has unlabelled segments; recognition needs verb/noun labels")
         self.data_dir = Path(data_dir)
@@ -101,47 +190,85 @@ class RecognitionDataset:
         self.seed = seed
         self.flip_prob = flip_prob
         self.epoch = 0
+        self.rows = probe.rows if probe is not None else np.arange(ann.num_segments)
+        uids = sorted({str(u) for u in ann.clip_uid[self.rows]})
+        self.paths = {uid: clip_path(data_dir, uid, resized=resized) for uid in uids}
         self._info: dict[Path, Any] = {}  # per-process cache of decode.probe_clip
-        self.paths = {uid: clip_path(data_dir, uid, resized=resized) for uid in ann.clip_uids}
-        missing = [str(p) for p in self.paths.values() if not p.is_file()]
+        if probe is not None:
+            self._info = {self.paths[uid]: info for uid, info in probe.infos.items() if uid in self.paths}
+        missing = [str(p) for p in self.paths.values() if p not in self._info and not p.is_file()]
         if missing:  # validate before the first frame is decoded
             raise FileNotFoundError(f"{len(missing)} clip(s) of {ann.path} not found, e.g. {missing[:3]}")
 
     def __len__(self) -> int:
-        return self.ann.num_segments
+        return len(self.rows)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _decode(self, path: Path, index: int, rng: np.random.Generator | None) -> np.ndarray:
-        """(T, H, W, 3) uint8 frames of segment `index`'s window: random position in train, centred in val."""
-        from extract import decode
-
+    def _decode(self, path: Path, row: int, position: float) -> np.ndarray:
+        """(T, H, W, 3) uint8 frames of segment `row`'s window at `position` in [0, 1]."""
         info = self._info.get(path)
         if info is None:  # probing demuxes the whole clip: once per clip and worker
             info = self._info[path] = decode.probe_clip(path)
         spec = self.spec
-        position = float(rng.uniform(0.0, 1.0)) if self.train else 0.5
         frame_idx = decode.window_frame_indices(
-            float(self.ann.start_sec[index]), float(self.ann.end_sec[index]), num_frames=spec.num_frames,
+            float(self.ann.start_sec[row]), float(self.ann.end_sec[row]), num_frames=spec.num_frames,
             sampling_rate=spec.sampling_rate, fps=info.fps, position=position, target_fps=spec.target_fps,
             num_clip_frames=info.num_frames)
         frames = dict(decode.decode_frames_all(path, frame_idx, info=info))  # each distinct frame decoded once
         return np.stack([frames[int(f)] for f in frame_idx])
 
-    def __getitem__(self, index: int) -> tuple[Any, int, int, int]:
+    def _failure(self, row: int, path: Path, position: float, err: Exception) -> dict:
+        ann, spec = self.ann, self.spec
+        t0, t1 = decode.window_bounds_sec(float(ann.start_sec[row]), float(ann.end_sec[row]), num_frames=spec.num_frames,
+                                          sampling_rate=spec.sampling_rate, target_fps=spec.target_fps, position=position)
+        return {"stage": "finetune-decode", "split": ann.split, "clip_uid": str(ann.clip_uid[row]),
+                "action_idx": int(ann.action_idx[row]), "path": str(path), "epoch": self.epoch,
+                "window_sec": [round(t0, 3), round(t1, 3)], "reason": str(err)}
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int, int, list[dict]]:
         import torch
 
         ann, spec = self.ann, self.spec
-        rng = sample_rng(self.seed, self.epoch, index) if self.train else None
-        path = self.paths[ann.clip_uid[index]]
-        try:
-            frames = self._decode(path, index, rng)
-        except Exception as err:
-            raise RuntimeError(f"{path}: decoding segment clip_uid={ann.clip_uid[index]!r} "
-                               f"action_idx={int(ann.action_idx[index])} failed: {err}") from err
-        clip = transform_clip(torch.as_tensor(np.asarray(frames)), spec, train=self.train, rng=rng, flip_prob=self.flip_prob)
-        return pack_pathways(clip, spec.alpha), int(ann.verb[index]), int(ann.noun[index]), index
+        failures: list[dict] = []
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            row = int(self.rows[index])
+            rng = sample_rng(self.seed, self.epoch, index) if self.train else None
+            position = float(rng.uniform(0.0, 1.0)) if self.train else 0.5  # the first draw of the sample
+            path = self.paths[ann.clip_uid[row]]
+            try:
+                frames = self._decode(path, row, position)
+            except (decode.DecodeError, decode.WindowOutOfRange, OSError) as err:  # bad data, not a bug: recorded
+                failures.append(self._failure(row, path, position, err))
+                if not self.train:
+                    return None, -1, -1, index, failures
+                index = int(np.random.default_rng([self.seed, self.epoch, index, attempt, 7907]).integers(len(self)))
+                failures[-1]["replaced_by"] = index
+                continue
+            except Exception as err:
+                raise RuntimeError(f"{path}: decoding segment clip_uid={ann.clip_uid[row]!r} "
+                                   f"action_idx={int(ann.action_idx[row])} failed: {err}") from err
+            clip = transform_clip(torch.as_tensor(np.asarray(frames)), spec, train=self.train, rng=rng, flip_prob=self.flip_prob)
+            return pack_pathways(clip, spec.alpha), int(ann.verb[row]), int(ann.noun[row]), index, failures
+        raise RuntimeError(f"{ann.path}: {len(failures)} samples in a row failed to decode (too many bad clips?): "
+                           + "; ".join(f["reason"] for f in failures[:3]))
+
+
+def collate(items: list[tuple]) -> tuple[Any, Any, Any, Any, list[dict]]:
+    """Default collation of (inputs, verb, noun, index) over the items with inputs, plus every item's failure records.
+
+    A batch whose items all failed has inputs None and empty label tensors.
+    """
+    import torch
+    from torch.utils.data import default_collate
+
+    failures = [rec for item in items for rec in item[4]]
+    kept = [item[:4] for item in items if item[0] is not None]
+    if not kept:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return None, empty, empty, empty, failures
+    return (*default_collate(kept), failures)
 
 
 class EpochBatchSampler:
@@ -194,6 +321,6 @@ def make_loader(dataset: RecognitionDataset, batch_sampler: EpochBatchSampler, *
 
     generator = torch.Generator().manual_seed(batch_sampler.seed * 1_000_003 + batch_sampler.epoch)
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      generator=generator,
+                      generator=generator, collate_fn=collate,
                       worker_init_fn=_worker_init if num_workers else None,
                       prefetch_factor=4 if num_workers else None, persistent_workers=False)

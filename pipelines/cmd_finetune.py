@@ -6,6 +6,8 @@
 
 The run dir then feeds `lta extract` (`weights=RUN` for a slowfast_r101_8x8.* extractor), see extract/finetune.py.
 Resuming is automatic: re-running the same command continues from RUN/checkpoints/last.pt.
+Bad clips are listed in RUN/failures.jsonl and their segments dropped; past `max_failed_frac` the command
+exits 1 before training.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class FinetuneConfig:
     device: str = opt("auto", "auto | cpu | cuda")
     precision: str = opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")
     resume: bool = opt(True, "continue from out/checkpoints/last.pt when it exists")
+    max_failed_frac: float = opt(0.01, "exit 1 before training when bad clips (out/failures.jsonl) drop more than this fraction of segments")
     launcher: str = opt("local", "local (this process / torchrun) | slurm (submitit)")
     nodes: int = opt(1, "SLURM nodes")
     gpus_per_node: int = opt(8, "SLURM GPUs (= tasks) per node")
@@ -139,12 +142,17 @@ def _run(cfg: FinetuneConfig) -> int:
         return 0
     if cfg.launcher != "local":
         raise ValueError(f"unknown launcher {cfg.launcher!r}; expected local or slurm")
-    from extract.finetune import finetune
+    from extract.finetune import TooManyFailures, finetune
 
-    result = finetune(opts)
+    try:
+        result = finetune(opts)
+    except TooManyFailures as err:
+        log.error("%s", err)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
-        log.info("done: step %d | val %s | %.2f samples/s | data wait %.0f%%", result["step"], result["val"],
-                 result["samples_per_sec"], 100 * result["data_wait_share"])
+        log.info("done: step %d | val %s | %.2f samples/s | data wait %.0f%% | %d segments dropped, %d decode failures",
+                 result["step"], result["val"], result["samples_per_sec"], 100 * result["data_wait_share"],
+                 result["dropped"], result["decode_failures"])
     return 0
 
 

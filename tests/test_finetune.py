@@ -111,8 +111,8 @@ def test_dataset_uses_stage_one_windows(sample):
     ann = load_split(sample, "val")
     spec = make_spec("slowfast_r50_8x8", width_per_group=8, crop_size=32, num_frames=8)
     val = RecognitionDataset(sample, ann, spec, train=False, resized=False)
-    (slow, fast), verb, noun, idx = val[3]
-    assert (verb, noun, idx) == (ann.verb[3], ann.noun[3], 3)
+    (slow, fast), verb, noun, idx, failures = val[3]
+    assert (verb, noun, idx, failures) == (ann.verb[3], ann.noun[3], 3, [])
     path = sample / "clips_hq" / f"{ann.clip_uid[3]}.mp4"
     frames = decode.decode_window(path, ann.start_sec[3], ann.end_sec[3], num_frames=8, sampling_rate=8, position="center")
     assert torch.equal(fast, transform_clip(torch.from_numpy(frames), spec, train=False))
