@@ -406,7 +406,7 @@ def _probe(opts: TrainOptions, spec: BackboneSpec, train_ann, val_ann, failures_
     if failures_path is not None:
         _append_failures(failures_path, failures)
     if dropped > opts.max_failed_frac * total:
-        raise TooManyFailures(f"{dropped} of {total} segments ({dropped / total:.1%}) belong to clips that failed the probe, "
+        raise TooManyFailures(f"the clip probe dropped {dropped} of {total} segments ({dropped / total:.1%}), "
                               f"more than max_failed_frac={opts.max_failed_frac}; reasons in {failures_path or FAILURES}; "
                               "nothing was trained")
     for p in probes:

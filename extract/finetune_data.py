@@ -34,7 +34,7 @@ import numpy as np
 
 from extract import decode
 from extract.finetune_model import BackboneSpec
-from features.annotations import SplitAnnotations, clip_path
+from features.annotations import RAW_CLIP_DIR, RESIZED_CLIP_DIR, SplitAnnotations, clip_path
 
 MAX_REPLACEMENTS = 10  # a training item whose sample and this many replacements all fail to decode raises
 
@@ -110,10 +110,11 @@ def _probe_clip(data_dir: Path, ann: SplitAnnotations, uid: str, *, position: fl
                 resized: bool) -> tuple[decode.ClipInfo | None, list[int], dict | None]:
     """(info, rows kept, failure record or None) of one clip: `decode.probe_clip` plus every segment's window."""
     rows = list(range(ann.clip_slices[uid].start, ann.clip_slices[uid].stop))
-    record = {"stage": "finetune-probe", "split": ann.split, "clip_uid": uid, "path": ""}
+    # the path as named (an unsafe one is recorded, never opened)
+    record = {"stage": "finetune-probe", "split": ann.split, "clip_uid": uid,
+              "path": str(data_dir / (RESIZED_CLIP_DIR if resized else RAW_CLIP_DIR) / f"{uid}.mp4")}
     try:
         path = clip_path(data_dir, uid, resized=resized)
-        record["path"] = str(path)
         info = decode.probe_clip(path)
     except decode.DecodeError as err:  # missing, empty, unreadable, truncated, no video stream, variable rate
         return None, [], record | {"rows": len(rows), "reason": str(err)}

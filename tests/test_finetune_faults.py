@@ -5,11 +5,12 @@
 | missing clip                               | probe (before training) | record "file not found", its segments dropped            |
 | truncated mp4, index first (faststart)     | probe                 | record "truncated: ... lists N frames", segments dropped   |
 | truncated mp4, index at the end            | probe                 | record "not a readable video file", segments dropped       |
+| clip file linking outside the data root    | probe                 | record "escapes its root", segments dropped                |
 | too many segments dropped                  | probe                 | exit 1 before training, no checkpoint, records kept        |
 | clip damaged after the probe (train)       | decode in a worker    | record per sample (window, epoch, step), seeded replacement |
 | clip damaged after the probe (val)         | decode                | record per sample, sample left out of the metrics          |
 
-Budget: ~30 s on 2 cores (6 tiny clips, tiny SlowFast: width 8, crop 32, 8 frames, 2-4 optimiser steps).
+Budget: ~15 s on 2 cores (7 tiny clips, tiny SlowFast: width 8, crop 32, 8 frames, 2-4 optimiser steps).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from extract.finetune import TrainOptions, finetune  # noqa: E402
-from extract.finetune_data import RecognitionDataset, make_loader, probe_split, EpochBatchSampler  # noqa: E402
+from extract.finetune_data import EpochBatchSampler, RecognitionDataset, make_loader, probe_split  # noqa: E402
 from extract.finetune_model import make_spec  # noqa: E402
 from extract.resize import ffmpeg_exe  # noqa: E402
 from features.annotations import load_split  # noqa: E402
@@ -41,14 +42,17 @@ def _one_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
-    """6 clips of 9-10 segments at 96x64: 4 train, 2 val."""
+    """7 clips of 9-10 segments at 96x64: 5 train, 2 val."""
     from features.synthetic import write_sample
 
     root = tmp_path_factory.mktemp("ft_faults")
-    write_sample(root, clips=6, seed=2, segments_per_clip=(9, 10), width=96, height=64, verbs=4, nouns=6,
-                 train_fraction=0.67, val_fraction=0.33)
-    assert len(load_split(root, "train").clip_uids) == 4 and len(load_split(root, "val").clip_uids) == 2
+    write_sample(root, clips=7, seed=2, segments_per_clip=(9, 10), width=96, height=64, verbs=4, nouns=6,
+                 train_fraction=0.71, val_fraction=0.29)
+    assert len(load_split(root, "train").clip_uids) == 5 and len(load_split(root, "val").clip_uids) == 2
     return root
+
+
+BAD = ("missing", "cut", "link", "cut_val")  # keys of the `broken` fixture naming its bad clips
 
 
 def _copy(clean: Path, dst: Path) -> Path:
@@ -79,16 +83,20 @@ def _records(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def broken(clean, tmp_path_factory) -> dict:
-    """A copy with train clip 0 missing, train clip 1 truncated (index first) and val clip 0 truncated (index last)."""
-    root = _copy(clean, tmp_path_factory.mktemp("broken") / "data")
+    """A copy with train clip 0 missing, train clip 1 truncated (index first), train clip 2 a link out of the
+    data root and val clip 0 truncated (index last)."""
+    base = tmp_path_factory.mktemp("broken")
+    root = _copy(clean, base / "data")
     train, val = load_split(root, "train"), load_split(root, "val")
-    missing, cut, cut_val = train.clip_uids[0], train.clip_uids[1], val.clip_uids[0]
+    missing, cut, link, cut_val = train.clip_uids[0], train.clip_uids[1], train.clip_uids[2], val.clip_uids[0]
     _clip(root, missing).unlink()
+    _clip(root, link).replace(base / "outside.mp4")  # a valid video, but outside the data root
+    _clip(root, link).symlink_to(base / "outside.mp4")
     _faststart(_clip(root, cut))
     _truncate(_clip(root, cut), 0.6)
     _truncate(_clip(root, cut_val), 0.5)
     segs = {uid: a.clip_slices[uid].stop - a.clip_slices[uid].start for a in (train, val) for uid in a.clip_uids}
-    return {"root": root, "missing": missing, "cut": cut, "cut_val": cut_val, "segments": segs,
+    return {"root": root, "missing": missing, "cut": cut, "link": link, "cut_val": cut_val, "segments": segs,
             "train": train, "val": val}
 
 
@@ -98,11 +106,12 @@ def test_bad_clips_are_recorded_dropped_and_training_completes(broken, tmp_path)
     result = finetune(TrainOptions(data=str(broken["root"]), out=str(tmp_path / "run"), **TINY, max_failed_frac=0.7),
                       on_probed=lambda probes: seen.update(train=probes[0], val=probes[1]))
     records = {r["clip_uid"]: r for r in _records(tmp_path / "run")}
-    assert set(records) == {broken["missing"], broken["cut"], broken["cut_val"]}
+    assert set(records) == {broken[k] for k in BAD}
     miss, cut, cut_val = (records[broken[k]] for k in ("missing", "cut", "cut_val"))
     assert miss["reason"] == f"{_clip(broken['root'], broken['missing'])}: file not found"
     assert "truncated: the container lists" in cut["reason"] and str(_clip(broken["root"], broken["cut"])) in cut["reason"]
     assert "not a readable video file" in cut_val["reason"] and cut_val["split"] == "val"
+    assert records[broken["link"]]["reason"].startswith("ValueError: path ") and "escapes its root" in records[broken["link"]]["reason"]
     for uid, rec in records.items():
         assert rec["stage"] == "finetune-probe" and rec["rows"] == segs[uid] and rec["path"] == str(_clip(broken["root"], uid))
     # the kept rows are exactly the segments of the good clips ...
@@ -110,7 +119,7 @@ def test_bad_clips_are_recorded_dropped_and_training_completes(broken, tmp_path)
     assert sorted(set(train.clip_uid[seen["train"].rows])) == sorted(good_train)
     assert len(seen["train"].rows) == sum(segs[u] for u in good_train)
     assert set(val.clip_uid[seen["val"].rows]) == {val.clip_uids[1]}
-    assert result["dropped"] == segs[broken["missing"]] + segs[broken["cut"]] + segs[broken["cut_val"]]
+    assert result["dropped"] == sum(segs[broken[k]] for k in BAD)
     # ... and training ran over them only: one epoch of the kept rows, no decode failure, val on the good clip
     assert result["step"] == len(seen["train"].rows) // 8 >= 2 and result["decode_failures"] == 0
     assert result["val"]["num_samples"] == segs[val.clip_uids[1]]
@@ -123,11 +132,11 @@ def test_too_many_failures_exit_1_before_training(broken, tmp_path, caplog):
             "width_per_group=8", "crop_size=32", "num_frames=8", "batch_size=8", "epochs=1", "num_workers=0"]
     with caplog.at_level("ERROR"):
         assert cmd_finetune.main(args) == 1  # default max_failed_frac=0.01
-    dropped = sum(broken["segments"][broken[k]] for k in ("missing", "cut", "cut_val"))
+    dropped = sum(broken["segments"][broken[k]] for k in BAD)
     total = sum(broken["segments"].values())
-    assert f"{dropped} of {total} segments" in caplog.text and "max_failed_frac=0.01" in caplog.text
+    assert f"the clip probe dropped {dropped} of {total} segments" in caplog.text and "max_failed_frac=0.01" in caplog.text
     assert str(run / "failures.jsonl") in caplog.text
-    assert len(_records(run)) == 3
+    assert len(_records(run)) == len(BAD)
     assert not (run / "checkpoints").exists() and not (run / "backbone.pt").exists() and not (run / "tb").exists()
 
 
