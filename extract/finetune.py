@@ -390,7 +390,7 @@ def finetune(opts: TrainOptions, *, on_probed: Callable[[list[ProbeReport]], Non
 
 def _probe(opts: TrainOptions, spec: BackboneSpec, train_ann, val_ann, failures_path: Path | None) -> list[ProbeReport]:
     """Probe the clips of both splits, record the bad ones, drop their segments; raise past `max_failed_frac`."""
-    from extract.pipeline import _append_failures
+    from extract.failures import append_failures
 
     t0 = time.perf_counter()
     probes = [probe_split(opts.data, train_ann, spec, train=True, resized=opts.resized)]
@@ -404,7 +404,7 @@ def _probe(opts: TrainOptions, spec: BackboneSpec, train_ann, val_ann, failures_
     for rec in failures[:20]:
         log.warning("dropped %d %s segment(s) of clip %s: %s", rec["rows"], rec["split"], rec["clip_uid"], rec["reason"])
     if failures_path is not None:
-        _append_failures(failures_path, failures)
+        append_failures(failures_path, failures)
     if dropped > opts.max_failed_frac * total:
         raise TooManyFailures(f"the clip probe dropped {dropped} of {total} segments ({dropped / total:.1%}), "
                               f"more than max_failed_frac={opts.max_failed_frac}; reasons in {failures_path or FAILURES}; "
@@ -418,13 +418,13 @@ def _probe(opts: TrainOptions, spec: BackboneSpec, train_ann, val_ann, failures_
 def _record_failures(path: Path | None, records: list[dict], *, step: int, rank: int) -> int:
     """Append decode failures met by the loader to `path` (the workers cannot share the file) and log them;
     returns their count. Ranks append whole lines, so they can share one file."""
-    from extract.pipeline import _append_failures
+    from extract.failures import append_failures
 
     for rec in records:
         log.warning("decode failed (%s, rank %d, step %d): %s%s", rec["split"], rank, step, rec["reason"],
                     f"; replaced by sample {rec['replaced_by']}" if "replaced_by" in rec else "; left out")
     if path is not None:
-        _append_failures(path, [dict(rec, step=step, rank=rank) for rec in records])
+        append_failures(path, [dict(rec, step=step, rank=rank) for rec in records])
     return len(records)
 
 

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from extract import decode
+from extract.failures import append_failures
 from extract.shard_lock import ShardLock
 
 log = logging.getLogger(__name__)
@@ -315,7 +316,7 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
             bar.close()
             for s in stores:
                 s.close()
-            _append_failures(failures_path, failures)
+            append_failures(failures_path, failures)
         assert not closed, f"clips left unwritten: {list(closed)[:5]}"
         summary.wall_sec = time.perf_counter() - t_start
         summary.loop_sec = time.perf_counter() - t_loop
@@ -325,20 +326,6 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
 def todo_rows_for(name: str, job_rows: list[int], todo_mask: dict[str, np.ndarray], lo: int) -> set[int]:
     """The rows of `job_rows` that extractor `name` still lacks."""
     return {r for r in job_rows if todo_mask[name][r - lo]}
-
-
-def _append_failures(path: Path, records: list[dict]) -> None:
-    """Append the records; on a full disk log them instead, so the error that stopped the run stays the one raised."""
-    if not records:
-        return
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    lines = "".join(json.dumps(dict(rec, time=stamp), sort_keys=True) + "\n" for rec in records)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(lines)  # one write: concurrent shards append whole lines
-    except OSError as err:
-        log.error("cannot append %d failure records to %s (%s); they were:\n%s", len(records), path, err, lines)
 
 
 def verify_stores(store_root: Path | str, keys: Sequence[str], failures_path: Path | str | None = None) -> dict[str, int]:

@@ -192,12 +192,3 @@ def read_manifest(data_dir: Path | str) -> dict | None:
     """The resize parameters of `<data>/clips`, or None when the folder was not made by `lta resize`."""
     path = Path(data_dir) / RESIZED_CLIP_DIR / RESIZE_MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def append_failures(path: Path | str, records: Sequence[dict]) -> None:
-    """Append one JSON line per failure record."""
-    if not records:
-        return
-    with open(path, "a") as f:
-        for rec in records:
-            f.write(json.dumps(rec, sort_keys=True) + "\n")

@@ -39,7 +39,8 @@ def resize_shard(args: tuple[str, list[str], dict, int]) -> list[dict]:
 
 def _run(cfg: ResizeConfig) -> int:
     from extract import launch
-    from extract.resize import ResizeParams, append_failures, list_raw_clips, write_manifest
+    from extract.failures import append_failures
+    from extract.resize import ResizeParams, list_raw_clips, write_manifest
 
     params = ResizeParams(short_side=cfg.short_side, crf=cfg.crf, keyframe_interval=cfg.keyframe_interval, preset=cfg.preset)
     data = Path(cfg.data)
