@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -131,16 +132,17 @@ def _run(cfg: ReportConfig) -> int:
     from train_heads.generators import create_generator
     from train_heads.inputs import load_bank, split_windows
     from train_heads.report import ReportHeader, Segment, WindowReport, render_report
-    from train_heads.run import load_run
+    from train_heads.run import load_run, run_roots
 
     if cfg.windows < 0 or cfg.thumb_width < 16:
         raise ValueError(f"need windows >= 0 and thumb_width >= 16, got {cfg.windows} and {cfg.thumb_width}")
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     rc, head = run.cfg, run.cfg["head"]
-    data, store = cfg.data or rc.get("data", ""), cfg.store or rc.get("store", "")
-    if not data or not store:
-        raise ValueError(f"{cfg.run}/config.yaml records no dataset root or store root (an imported run?); "
-                         "pass data=... and store=...")
+    try:
+        data, store = run_roots(run, data=cfg.data, store=cfg.store)
+    except ValueError as err:
+        print(f"lta report: {err}", file=sys.stderr)
+        return 2
     num_seen, convention = max(rc.get("num_seen", 0), head["num_input"]), rc.get("convention", "plus_one")
     k, z, n_in = rc.get("train", {}).get("num_sequences", 5), head["num_future"], head["num_input"]
     ann = load_split(data, cfg.split)

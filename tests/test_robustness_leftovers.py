@@ -172,7 +172,12 @@ def test_imported_run_without_data_needs_data_and_says_so(lta_store, tmp_path, c
     assert capsys.readouterr().err.strip() == f"lta evaluate: {want}"
     assert cmd_predict.main([f"run={run}", f"out={tmp_path / 'out.json'}"]) == 2
     assert capsys.readouterr().err.strip() == f"lta predict: {want}"
+    from pipelines import cmd_report
+
+    assert cmd_report.main([f"run={run}", f"out={tmp_path / 'r.html'}"]) == 2
+    assert capsys.readouterr().err.strip() == f"lta report: {want}"
     assert not (run / "metrics_val.json").exists() and not (tmp_path / "out.json").exists()
+    assert not (tmp_path / "r.html").exists()
     # data= on the command works as before
     assert cmd_evaluate.main([f"run={run}", f"data={root / 'data'}", "baselines=[frequency_prior]",
                               "generators=[greedy+sample]", "mbr_samples=4"]) == 0
