@@ -178,6 +178,10 @@ def test_feature_norm_standardize_and_l2():
     assert torch.allclose(y.mean(0), torch.zeros(8), atol=1e-4)
     assert torch.allclose(y.std(0, unbiased=False)[[0, 1, 2, 3]], torch.ones(4), atol=1e-3)
     assert norm.std[4] == 1.0 and torch.all(y[:, 4] == 0)
+    chunked = FeatureNorm(dim=8, mode="standardize")
+    chunked.fit(x[i:i + 37].float() for i in range(0, 500, 37))  # what fit_input_norms does, row chunk by chunk
+    assert torch.allclose(chunked.mean, norm.mean, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(chunked.std, norm.std, rtol=1e-5, atol=1e-7)
     l2 = FeatureNorm(dim=8, mode="l2")
     assert torch.allclose(l2(x.float()).norm(dim=-1), torch.ones(500, 3))
     with pytest.raises(ValueError, match="unknown normalize 'zscore'"):

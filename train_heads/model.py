@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -83,14 +83,28 @@ class FeatureNorm(nn.Module):
             self.register_buffer("std", torch.ones(dim))
 
     @torch.no_grad()
-    def set_stats(self, features: torch.Tensor) -> None:
-        """Fit the statistics on `features` (..., D); a constant dimension keeps std 1."""
+    def fit(self, chunks: Iterable[torch.Tensor]) -> None:
+        """Fit the statistics over `chunks`, each (..., D), summed in float64: memory stays one chunk.
+
+        A constant dimension keeps std 1.
+        """
         if self.mode != "standardize":
             return
-        flat = features.reshape(-1, features.shape[-1]).double()
-        std = flat.std(0, unbiased=False)
-        self.mean.copy_(flat.mean(0).to(self.mean))
+        count, total, squares = 0, torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        for chunk in chunks:
+            flat = chunk.reshape(-1, chunk.shape[-1]).double()
+            count += flat.shape[0]
+            total, squares = total + flat.sum(0), squares + (flat * flat).sum(0)
+        if not count:
+            raise ValueError("FeatureNorm.fit: no features to fit on")
+        mean = total / count
+        std = (squares / count - mean * mean).clamp_min(0).sqrt()
+        self.mean.copy_(mean.to(self.mean))
         self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)).to(self.std))
+
+    def set_stats(self, features: torch.Tensor) -> None:
+        """Fit the statistics on one tensor (..., D)."""
+        self.fit([features])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "l2":

@@ -118,8 +118,11 @@ def validate(model: nn.Module, val: DeviceWindows, bank: FeatureBank, cfg: Train
                            num_nouns=model.num_nouns)
 
 
-def fit_input_norms(model: nn.Module, bank: FeatureBank, windows: SplitWindows) -> None:
-    """Fit each `standardize` input norm on the features (all views) of the training windows' observed rows."""
+def fit_input_norms(model: nn.Module, bank: FeatureBank, windows: SplitWindows, *, chunk_rows: int = 4096) -> None:
+    """Fit each `standardize` input norm on the features (all views) of the training windows' observed rows.
+
+    Rows are read `chunk_rows` at a time, so a 150k-row bank needs no float64 copy of itself.
+    """
     norms = getattr(model, "norms", {})
     if not len(norms):
         return
@@ -127,7 +130,8 @@ def fit_input_norms(model: nn.Module, bank: FeatureBank, windows: SplitWindows) 
     for name, norm in norms.items():
         a = bank.arrays[name]
         a = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
-        norm.set_stats(a.index_select(0, rows.to(a.device)).float())
+        idx = rows.to(a.device)
+        norm.fit(a.index_select(0, idx[i:i + chunk_rows]) for i in range(0, len(idx), chunk_rows))
         log.info("input norm %s (%s) fitted on %d training rows", name, norm.mode, len(rows))
 
 
