@@ -32,34 +32,28 @@ class EvaluateConfig:
 def _run(cfg: EvaluateConfig) -> int:
     from train_heads.baselines import TrainingSet
     from train_heads.evaluate import evaluate_split, plot_ed_curves
-    from train_heads.generators import create_generator
+    from train_heads.generators import create_generators
     from train_heads.inputs import load_bank, split_windows
     from train_heads.run import load_run, run_roots
 
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
-    rc = run.cfg
     try:
         data, store = run_roots(run, data=cfg.data, store=cfg.store)
     except ValueError as err:
         print(f"lta evaluate: {err}", file=sys.stderr)
         return 2
-    head = rc["head"]
+    head = run.cfg["head"]
     bank = load_bank(store, run.cache_keys, splits=["train", cfg.split])
     train_ann, train_win = split_windows(data, "train", bank, num_input=head["num_input"], num_future=head["num_future"],
                                          num_seen=None, convention="plus_one")
     ann, win = split_windows(data, cfg.split, bank, num_input=head["num_input"], num_future=head["num_future"],
-                             num_seen=max(rc.get("num_seen", 0), head["num_input"]), convention=rc.get("convention", "plus_one"))
+                             num_seen=run.num_seen, convention=run.convention)
     if not win.labelled:
         raise ValueError(f"split {cfg.split!r} has no labels ({ann.path}); evaluate needs a labelled split, use `lta predict`")
     train_set = TrainingSet(train_ann, train_win, bank, train_ann.taxonomy.num_verbs, train_ann.taxonomy.num_nouns)
-    generators = {}
-    for name in cfg.generators:
-        kw = {"temperature": cfg.temperature}
-        if name.startswith("mbr"):
-            kw["num_samples"] = cfg.mbr_samples
-        generators[name] = create_generator(name, **kw)
+    generators = create_generators(cfg.generators, temperature=cfg.temperature, mbr_samples=cfg.mbr_samples)
     metrics = evaluate_split(run.model, train_set=train_set, windows=win, bank=bank, generators=generators,
-                             baselines=cfg.baselines, k=rc.get("train", {}).get("num_sequences", 5), seed=cfg.seed,
+                             baselines=cfg.baselines, k=run.num_sequences, seed=cfg.seed,
                              device=cfg.device)
     metrics.update({"run": str(run.run_dir), "split": cfg.split, "checkpoint": cfg.checkpoint,
                     "cache_keys": run.cache_keys})

@@ -44,27 +44,26 @@ def _run(cfg: PredictConfig) -> int:
     from train_heads.baselines import FrequencyPrior, TrainingSet
     from train_heads.data import DeviceWindows
     from train_heads.evaluate import forecast_split
-    from train_heads.generators import create_generator
+    from train_heads.generators import create_generators
     from train_heads.inputs import load_bank, split_windows
     from train_heads.run import load_run, run_roots
 
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
-    rc, head = run.cfg, run.cfg["head"]
+    head = run.cfg["head"]
     try:
         data, store = run_roots(run, data=cfg.data, store=cfg.store)
     except ValueError as err:
         print(f"lta predict: {err}", file=sys.stderr)
         return 2
-    num_seen, convention = max(rc.get("num_seen", 0), head["num_input"]), rc.get("convention", "plus_one")
-    k, z = rc.get("train", {}).get("num_sequences", 5), head["num_future"]
+    num_seen, convention = run.num_seen, run.convention
+    k, z = run.num_sequences, head["num_future"]
     ann = load_split(data, cfg.split)
     expected = build_windows(ann, num_input=num_seen, num_future=z, num_seen=num_seen, convention=convention).keys
     bank = load_bank(store, run.cache_keys, splits=[cfg.split])
     _, win = split_windows(data, cfg.split, bank, num_input=head["num_input"], num_future=z, num_seen=num_seen,
                            convention=convention)
-    kw = {"temperature": cfg.temperature, **({"num_samples": cfg.mbr_samples} if cfg.generator.startswith("mbr") else {})}
     fc = forecast_split(run.model, DeviceWindows(win, cfg.device), bank.to(cfg.device),
-                        generators={cfg.generator: create_generator(cfg.generator, **kw)}, k=k, seed=cfg.seed)
+                        generators=create_generators([cfg.generator], temperature=cfg.temperature, mbr_samples=cfg.mbr_samples), k=k, seed=cfg.seed)
     verb, noun = fc.sequences[cfg.generator]
     predicted = dict(zip(win.keys, range(len(win))))
     fallback = [key for key in expected if key not in predicted]

@@ -129,7 +129,7 @@ def _run(cfg: ReportConfig) -> int:
     from features.annotations import load_split
     from train_heads.data import DeviceWindows
     from train_heads.evaluate import forecast_split, sequence_edit_distances
-    from train_heads.generators import create_generator
+    from train_heads.generators import create_generators
     from train_heads.inputs import load_bank, split_windows
     from train_heads.report import ReportHeader, Segment, WindowReport, render_report
     from train_heads.run import load_run, run_roots
@@ -137,22 +137,21 @@ def _run(cfg: ReportConfig) -> int:
     if cfg.windows < 0 or cfg.thumb_width < 16:
         raise ValueError(f"need windows >= 0 and thumb_width >= 16, got {cfg.windows} and {cfg.thumb_width}")
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
-    rc, head = run.cfg, run.cfg["head"]
+    head = run.cfg["head"]
     try:
         data, store = run_roots(run, data=cfg.data, store=cfg.store)
     except ValueError as err:
         print(f"lta report: {err}", file=sys.stderr)
         return 2
-    num_seen, convention = max(rc.get("num_seen", 0), head["num_input"]), rc.get("convention", "plus_one")
-    k, z, n_in = rc.get("train", {}).get("num_sequences", 5), head["num_future"], head["num_input"]
+    num_seen, convention = run.num_seen, run.convention
+    k, z, n_in = run.num_sequences, head["num_future"], head["num_input"]
     ann = load_split(data, cfg.split)
     metrics = _split_metrics(cfg, run.run_dir) if ann.has_labels else None
     bank = load_bank(store, run.cache_keys, splits=[cfg.split])
     _, win = split_windows(data, cfg.split, bank, num_input=n_in, num_future=z, num_seen=num_seen, convention=convention)
     # the whole split, so the shown sequences are the ones `lta predict` writes with the same generator and seed
-    kw = {"temperature": cfg.temperature, **({"num_samples": cfg.mbr_samples} if cfg.generator.startswith("mbr") else {})}
     fc = forecast_split(run.model, DeviceWindows(win, cfg.device), bank.to(cfg.device),
-                        generators={cfg.generator: create_generator(cfg.generator, **kw)}, k=k, seed=cfg.seed)
+                        generators=create_generators([cfg.generator], temperature=cfg.temperature, mbr_samples=cfg.mbr_samples), k=k, seed=cfg.seed)
     verb, noun = fc.sequences[cfg.generator]  # (W, K, Z)
     chosen = _pick(win.keys, cfg)
     seq_ed = sequence_edit_distances(verb[chosen], noun[chosen], win.future_verb[chosen], win.future_noun[chosen],

@@ -191,3 +191,14 @@ def test_frequency_prior_follows_training_counts():
     prior = create_baseline("frequency_prior").fit(_toy_training_set([(1, 2)] * 9 + [(3, 4)]))
     v, n = prior.predict_keys(200, Z, k=5, rng=torch.Generator().manual_seed(0))
     assert abs((v == 1).mean() - 0.9) < 0.02 and set(np.unique(n)) <= {2, 4}
+
+
+def test_create_generators_maps_the_command_options():
+    from train_heads.generators import create_generators
+
+    gens = create_generators(["sample", "mbr", "mbr_set", "greedy+sample"], temperature=0.7, mbr_samples=12)
+    assert list(gens) == ["sample", "mbr", "mbr_set", "greedy+sample"]
+    assert all(g.temperature == 0.7 for g in gens.values())
+    assert gens["mbr"].num_samples == 12 and gens["mbr_set"].num_samples == 12
+    with pytest.raises(ValueError, match="unknown generator 'nope'"):
+        create_generators(["nope"])

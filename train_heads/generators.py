@@ -46,6 +46,18 @@ def list_generators() -> list[str]:
     return GENERATORS.names()
 
 
+def create_generators(names: list[str] | tuple[str, ...], *, temperature: float = 1.0, mbr_samples: int = 64) -> dict:
+    """name -> generator, as the commands configure them: every one samples at `temperature`; the
+    minimum-Bayes-risk ones also draw `mbr_samples` candidates per window."""
+    out = {}
+    for name in names:
+        kwargs = {"temperature": temperature}
+        if issubclass(GENERATORS.get(name), _MBRBase):
+            kwargs["num_samples"] = mbr_samples
+        out[name] = GENERATORS.create(name, **kwargs)
+    return out
+
+
 def _draw(logits: torch.Tensor, num: int, temperature: float, rng: torch.Generator) -> torch.Tensor:
     """(W, Z, C) logits -> (W, num, Z) class ids; independent categorical draws per position."""
     w, z, c = logits.shape

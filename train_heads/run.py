@@ -130,6 +130,20 @@ class Run:
     checkpoint: dict  # the loaded checkpoint (weights removed)
     metrics: dict
 
+    @property
+    def num_seen(self) -> int:
+        """Observed segments defining the val/test key set (at least the model's N_in)."""
+        return max(int(self.cfg.get("num_seen", 0)), int(self.cfg["head"]["num_input"]))
+
+    @property
+    def convention(self) -> str:
+        return self.cfg.get("convention", "plus_one")
+
+    @property
+    def num_sequences(self) -> int:
+        """K, the candidate sequences per window."""
+        return int(self.cfg.get("train", {}).get("num_sequences", 5))
+
 
 def run_roots(run: Run, *, data: str = "", store: str = "") -> tuple[str, str]:
     """(dataset root, store root): the given ones, else those the run recorded.
