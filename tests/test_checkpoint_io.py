@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from extract.backbones import (
-    BackboneMismatchError,
-    build_from_checkpoint,
-    build_slowfast,
-    convert_slowfast_state_dict,
-    load_state_dict_strictly,
-)
+from extract.backbones import build_from_checkpoint, build_slowfast, convert_slowfast_state_dict
+from extract.weights import BackboneMismatchError, load_state_dict_strictly
 from features.checkpoint_io import (
     CheckpointError,
     LoadedCheckpoint,
@@ -27,8 +22,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference_fixtures_dir() -> Path:
-    """$LTA_REFERENCE_FIXTURES, else ../shared/fixtures/ego4d_reference beside the repo (as in test_conformance)."""
-    root = Path(os.environ.get("LTA_REFERENCE_FIXTURES") or REPO_ROOT.parent / "shared/fixtures/ego4d_reference")
+    """$LTA_REFERENCE_FIXTURES, else the copy in tests/fixtures/ego4d_reference (as in test_conformance)."""
+    root = Path(os.environ.get("LTA_REFERENCE_FIXTURES") or REPO_ROOT / "tests/fixtures/ego4d_reference")
     if not root.is_dir():
         pytest.fail(f"reference fixture folder not found: {root} (set LTA_REFERENCE_FIXTURES)")
     return root

@@ -2,7 +2,7 @@
 
 The fixture folder (checkpoints in the released format, fixed inputs, the reference outputs, full-size
 key manifests; its README documents the format) comes from $LTA_REFERENCE_FIXTURES, default
-`../shared/fixtures/ego4d_reference` beside the repo root. A missing folder FAILS. Every class count,
+`tests/fixtures/ego4d_reference` (a copy of the reference fixtures kept in the repo). A missing folder FAILS. Every class count,
 width, crop and clip count comes from the checkpoints' own configs (or, for the key manifests, from
 the tensor shapes), so any fixture set made the same way passes. fp32, eval mode, rtol = atol = 1e-4.
 """
@@ -35,8 +35,8 @@ MAX_ERRORS: dict[str, float] = {}  # name -> max abs error, printed at the end w
 
 
 def reference_fixtures_dir() -> Path:
-    """$LTA_REFERENCE_FIXTURES, else ../shared/fixtures/ego4d_reference beside the repo root."""
-    root = Path(os.environ.get("LTA_REFERENCE_FIXTURES") or REPO_ROOT.parent / "shared/fixtures/ego4d_reference")
+    """$LTA_REFERENCE_FIXTURES, else the copy in tests/fixtures/ego4d_reference."""
+    root = Path(os.environ.get("LTA_REFERENCE_FIXTURES") or REPO_ROOT / "tests/fixtures/ego4d_reference")
     if not root.is_dir():
         pytest.fail(f"reference fixture folder not found: {root} (set LTA_REFERENCE_FIXTURES)")
     return root

@@ -21,7 +21,7 @@ from features.store import open_root
 from pipelines import cmd_extract
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("LTA_REFERENCE_FIXTURES") or REPO.parent / "shared/fixtures/ego4d_reference")
+FIXTURES = Path(os.environ.get("LTA_REFERENCE_FIXTURES") or REPO / "tests/fixtures/ego4d_reference")
 EXTRACT_ARGS = ["raw_clips=true", "extractors=[clip_vit_b32.openai]", "weights=random", "crop_size=32", "batch_size=4",
                 "views=1", "chunk_rows=4", "device=cpu", "progress=false", "decode_workers=1", "splits=[train,val]"]
 
