@@ -7,8 +7,7 @@ from typing import Sequence
 
 from pipelines.common import run_command
 from pipelines.config import opt
-from train_heads.model import ModelConfig
-from train_heads.train import TrainConfig
+from train_heads.schemas import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 

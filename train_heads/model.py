@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
@@ -23,29 +22,7 @@ from train_heads.aggregators import create_aggregator
 from train_heads.decoders import create_decoder, is_autoregressive
 
 
-@dataclass
-class ModalityConfig:
-    name: str = "slowfast"  # extractor family; picks the store key whose name starts with it
-    proj_dim: int = 0  # output of the trainable input projection; 0 = no projection (keep D)
-    dropout: float = 0.5  # dropout before the projection (reference backbone head: 0.5)
-    frame_pool: str = "mean"  # per-frame features (F, D): "mean" or "attention"
-    normalize: str = "none"  # input scaling before everything else: none (reference), standardize (train-split z-score), l2
-    in_dim: int = 0  # feature dim D, filled from the store at train time
-    frames: int = 0  # frames F for per-frame features (0 = one vector per segment), filled from the store
-
-
-@dataclass
-class ModelConfig:
-    modalities: list[ModalityConfig] = field(default_factory=lambda: [ModalityConfig()])
-    num_input: int = 2  # observed segments N_in
-    num_future: int = 20  # forecast length Z
-    aggregator: str = "concat"  # registered aggregator: concat, mean, transformer
-    aggregator_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 6, heads: 8}
-    decoder: str = "multihead"  # registered decoder: multihead, query, autoregressive
-    decoder_kwargs: dict[str, Any] = field(default_factory=dict)
-    recognition: bool = True  # auxiliary (verb, noun) head on each observed segment
-    num_verbs: int = 0  # filled from the taxonomy at train time
-    num_nouns: int = 0
+from train_heads.schemas import ModalityConfig, ModelConfig  # noqa: E402,F401 - torch-free schemas, re-exported
 
 
 class InputProjection(nn.Module):

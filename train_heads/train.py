@@ -30,26 +30,7 @@ from train_heads.run import checkpoint_path, load_checkpoint, save_run
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 50  # reference: 50 (SlowFast LTA)
-    batch_size: int = 64  # reference: 64
-    optimizer: str = "adam"  # adam (reference) or adamw
-    lr: float = 1e-4  # peak learning rate
-    weight_decay: float = 1e-4  # 0 for norm parameters
-    warmup_steps: int = 1000  # linear warm-up iterations, then cosine to 0 at the last iteration
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    recognition_weight: float = 1.0  # weight of the observed-segment recognition loss
-    amp: bool = True  # bf16 autocast on CUDA (ignored on the CPU)
-    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
-    seed: int = 0  # seeds init, batch order, views, dropout and val sampling
-    select_metric: str = "action_ed"  # val metric for the best checkpoint: action_ed or verb_ed (reference)
-    patience: int = 10  # stop after this many epochs without val improvement (0 = never)
-    log_every: int = 50  # steps between log lines
-    val_generator: str = "sample"  # generator for the per-epoch val ED
-    num_sequences: int = 5  # K
-    eval_batch_size: int = 512
-    max_train_windows: int = 0  # use a random subset of the training windows (0 = all)
+from train_heads.schemas import TrainConfig  # noqa: E402,F401 - torch-free schema, re-exported
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,70 @@
+"""Config schemas of the forecasting head and its training (plain dataclasses, no torch import).
+
+They live apart from `model.py` / `train.py` so that `lta train-heads --help` and config validation
+never import torch. `model.py` and `train.py` re-export them, so `from train_heads.train import
+TrainConfig` keeps working. Every field carries a one-line help string (`metadata["help"]`) that
+`--help` prints next to its dotted key (`head.modalities.0.proj_dim`, `train.epochs`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002 - same shape as pipelines.config.opt
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModalityConfig:
+    name: str = _opt("slowfast", "extractor family; picks the store key whose name starts with it")
+    proj_dim: int = _opt(0, "output of the trainable input projection; 0 = no projection (keep D)")
+    dropout: float = _opt(0.5, "dropout before the projection (reference backbone head: 0.5)")
+    frame_pool: str = _opt("mean", "per-frame features (F, D): mean or attention")
+    normalize: str = _opt("none", "input scaling: none (reference), standardize (train-split z-score), l2")
+    in_dim: int = _opt(0, "feature dim D, filled from the store at train time")
+    frames: int = _opt(0, "frames F for per-frame features (0 = one vector per segment), filled from the store")
+
+
+@dataclass
+class ModelConfig:
+    modalities: list[ModalityConfig] = field(default_factory=lambda: [ModalityConfig()],
+                                             metadata={"help": "one entry per input modality (head.modalities.0.*)"})
+    num_input: int = _opt(2, "observed segments N_in")
+    num_future: int = _opt(20, "forecast length Z")
+    aggregator: str = _opt("concat", "registered aggregator: concat, mean, transformer")
+    aggregator_kwargs: dict[str, Any] = _opt({}, "aggregator constructor options, e.g. {depth: 6, heads: 8}")
+    decoder: str = _opt("multihead", "registered decoder: multihead, query, autoregressive")
+    decoder_kwargs: dict[str, Any] = _opt({}, "decoder constructor options")
+    recognition: bool = _opt(True, "auxiliary (verb, noun) head on each observed segment")
+    num_verbs: int = _opt(0, "filled from the taxonomy at train time")
+    num_nouns: int = _opt(0, "filled from the taxonomy at train time")
+
+
+OPTIMIZERS = ("adam", "adamw")
+SELECT_METRICS = ("action_ed", "verb_ed")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _opt(50, "training epochs (reference: 50)")
+    batch_size: int = _opt(64, "windows per step (reference: 64)")
+    optimizer: str = _opt("adam", "adam (reference) or adamw")
+    lr: float = _opt(1e-4, "peak learning rate")
+    weight_decay: float = _opt(1e-4, "weight decay (0 for norm parameters)")
+    warmup_steps: int = _opt(1000, "linear warm-up iterations, then cosine to 0 at the last iteration")
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
+    recognition_weight: float = _opt(1.0, "weight of the observed-segment recognition loss")
+    amp: bool = _opt(True, "bf16 autocast on CUDA (ignored on the CPU)")
+    device: str = _opt("auto", "auto (cuda if available), cpu, cuda, cuda:1, ...")
+    seed: int = _opt(0, "seeds init, batch order, views, dropout and val sampling")
+    select_metric: str = _opt("action_ed", "val metric for the best checkpoint: action_ed or verb_ed (reference)")
+    patience: int = _opt(10, "stop after this many epochs without val improvement (0 = never)")
+    log_every: int = _opt(50, "steps between log lines")
+    val_generator: str = _opt("sample", "generator for the per-epoch val ED")
+    num_sequences: int = _opt(5, "K, candidate sequences per window")
+    eval_batch_size: int = _opt(512, "windows per forward at evaluation")
+    max_train_windows: int = _opt(0, "use a random subset of the training windows (0 = all)")
