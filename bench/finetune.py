@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from extract.finetune import TrainOptions, finetune
+    from extract.finetune.train import TrainOptions, finetune
     from features.synthetic import write_sample
 
     logging.basicConfig(level=logging.WARNING)

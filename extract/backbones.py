@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from extract.weights import load_state_dict_strictly
 from features.checkpoint_io import CheckpointError, LoadedCheckpoint, cfg_get, describe, load_lightning_checkpoint
 
 if TYPE_CHECKING:
@@ -33,10 +34,6 @@ MVIT_B_DIM_MUL = ((1, 2.0), (3, 2.0), (14, 2.0))
 MVIT_B_POOL_Q_STRIDE = ((1, 1, 2, 2), (3, 1, 2, 2), (14, 1, 2, 2))
 MVIT_B_POOL_KV_STRIDE = ((0, 1, 8, 8), (1, 1, 4, 4), (2, 1, 4, 4)) + tuple((i, 1, 2, 2) for i in range(3, 14))
 MVIT_REFERENCE_FRAMES = 16  # the reference MViT hard-codes 16 input frames
-
-
-class BackboneMismatchError(CheckpointError):
-    """Converted weights that do not fit the model: names the first missing/unexpected/mis-shaped keys."""
 
 
 @functools.cache
@@ -374,28 +371,6 @@ def convert_mvit_state_dict(
 
 
 _CONVERTERS = {"slowfast": convert_slowfast_state_dict, "mvit": convert_mvit_state_dict}
-
-
-def load_state_dict_strictly(model: "nn.Module", sd: Mapping[str, Any], source: str = "checkpoint") -> None:
-    """`model.load_state_dict(sd, strict=True)` after a check whose error names the first mismatching keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [
-        f"{k}: checkpoint {list(sd[k].shape)} vs model {list(expected[k].shape)}"
-        for k in expected
-        if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys, first: {missing[:5]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys, first: {unexpected[:5]}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches, first: {shapes[:5]}")
-        raise BackboneMismatchError(f"{source} does not fit the {type(model).__name__} model: " + "; ".join(parts))
-    model.load_state_dict(dict(sd), strict=True)
 
 
 def load_backbone_checkpoint(model: "nn.Module", path: str | Path, arch: str, *, keep_head_projection: bool = False) -> list[str]:

@@ -28,7 +28,6 @@ Preprocessing is batched tensor ops on the model's device:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import re
@@ -36,12 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from extract.weights import KINETICS_URLS, fetch_url, load_kinetics_state_dict, load_state_dict_strictly, sha256_file
+
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-KINETICS_ROOT = "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics"
 VIDEO_MEAN, VIDEO_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 RANDOM_SEED = 0
 
@@ -107,7 +107,7 @@ def create_extractor(name: str, *, weights: str = "default", device: str = "cpu"
         RuntimeError: device "cuda" without a GPU; default weights that cannot be downloaded.
         features.checkpoint_io.UnsafeCheckpointError: a checkpoint whose pickle would run code.
     """
-    from extract.finetune_model import is_finetuned_run
+    from extract.finetune.model import is_finetuned_run
 
     if weights not in ("default", "random") and is_finetuned_run(weights):
         builder = lambda **kw: build_finetuned(name, **kw)  # noqa: E731
@@ -128,43 +128,6 @@ def check_device(device: str) -> None:
 
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} but torch sees no CUDA GPU; pass device=cpu to run on the CPU")
-
-
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fetch_url(url: str, *, offline_hint: str = "pass weights=PATH to a local copy, or weights=random for tests") -> Path:
-    """Download `url` into torch's hub cache (once); RuntimeError naming the URL (and `offline_hint`) when offline."""
-    import torch
-
-    dst = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-    if not dst.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(url, str(dst), progress=True)
-        except Exception as err:
-            raise RuntimeError(f"cannot download {url} ({type(err).__name__}: {err}); on an offline machine "
-                               f"{offline_hint}") from None
-    return dst
-
-
-def load_kinetics_state_dict(path: Path | str) -> dict:
-    """The state dict of a pytorchvideo model-zoo checkpoint (`{"model_state", "optimizer_state", "epoch", "cfg"}`)
-    or of a plain state-dict file, read without executing pickled code.
-
-    Raises:
-        features.checkpoint_io.UnsafeCheckpointError: the pickle needs a global outside the allow-list
-            (a crafted file); the message names the file and the global, nothing was run.
-        features.checkpoint_io.CheckpointError: truncated file or no weights inside.
-    """
-    from features.checkpoint_io import load_lightning_checkpoint
-
-    return load_lightning_checkpoint(path).state_dict
 
 
 def _seeded_build(fn: Callable[[], Any]) -> Any:
@@ -258,7 +221,7 @@ class SlowFastExtractor(VideoExtractor):
         kwargs = dict(depth=depth, fusion_kernel_size=7 if depth == 50 else 5, num_frames=32, crop_size=crop)
         model = _seeded_build(lambda: backbones.build_slowfast(**kwargs))
         source, sha = _load_video_weights(model, name, pretrain, weights,
-                                          url=f"{KINETICS_ROOT}/SLOWFAST_8x8_R{depth}.pyth", arch="slowfast")
+                                          url=KINETICS_URLS[f"slowfast_r{depth}_8x8"], arch="slowfast")
         spec = ExtractorSpec(
             name=name, arch=f"slowfast_r{depth}", num_frames=32, window_frames=32, sampling_rate=2,
             short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
@@ -288,7 +251,7 @@ class MViTExtractor(VideoExtractor):
         crop = crop_size or 224
         kwargs = dict(spatial_size=crop, temporal_size=16)
         model = _seeded_build(lambda: backbones.build_mvit(**kwargs))
-        source, sha = _load_video_weights(model, name, pretrain, weights, url=f"{KINETICS_ROOT}/MVIT_B_16x4.pyth", arch="mvit")
+        source, sha = _load_video_weights(model, name, pretrain, weights, url=KINETICS_URLS["mvit_b_16x4"], arch="mvit")
         spec = ExtractorSpec(
             name=name, arch="mvit_b_16x4", num_frames=16, window_frames=16, sampling_rate=4,
             short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
@@ -325,7 +288,7 @@ def _load_video_weights(model: Any, name: str, pretrain: str, weights: str, *, u
         head = ("blocks.6.",) if arch == "slowfast" else ("head.",)
         own_head = [k for k in model.state_dict() if k.startswith(head)]
         state = {k: v for k, v in state.items() if not k.startswith(head) or k in own_head}
-        backbones.load_state_dict_strictly(model, state, source=str(path))
+        load_state_dict_strictly(model, state, source=str(path))
     return source, sha256_file(path)
 
 
@@ -349,7 +312,7 @@ def build_finetuned(name: str, *, weights: str, device: str, crop_size: int | No
         ValueError: a name whose arch differs from the run's (`slowfast_r101_8x8.x` for an MViT run),
             a reserved or malformed tag, or a crop override that differs from the run's crop.
     """
-    from extract.finetune_model import load_finetuned_backbone, resolve_run
+    from extract.finetune.model import load_finetuned_backbone, resolve_run
 
     path, bspec = resolve_run(weights)
     arch, _, tag = name.partition(".")

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 8 -m pipelines.cli finetune-backbone data=DIR out=RUN   # one node, 8 GPUs
     lta finetune-backbone data=DIR out=RUN launcher=slurm nodes=2 gpus_per_node=8 partition=learnfair
 
-The run dir then feeds `lta extract` (`weights=RUN` for a slowfast_r101_8x8.* extractor), see extract/finetune.py.
+The run dir then feeds `lta extract` (`weights=RUN` for a slowfast_r101_8x8.* extractor), see extract/finetune/.
 Resuming is automatic: re-running the same command continues from RUN/checkpoints/last.pt.
 Bad clips are listed in RUN/failures.jsonl and their segments dropped; past `max_failed_frac` the command
 exits 1 before training.
@@ -71,8 +71,8 @@ class FinetuneConfig:
 
 
 def train_options(cfg: FinetuneConfig):
-    """The one mapping from the CLI schema to `extract.finetune.TrainOptions`."""
-    from extract.finetune import TrainOptions
+    """The one mapping from the CLI schema to `extract.finetune.train.TrainOptions`."""
+    from extract.finetune.train import TrainOptions
 
     names = {f.name for f in dataclasses.fields(TrainOptions)}
     return TrainOptions(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names})
@@ -96,7 +96,7 @@ class SlurmTrainJob:
                 MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(20000 + int(str(env.job_id).split("_")[0]) % 20000),
             )
         setup_logging()
-        from extract.finetune import finetune
+        from extract.finetune.train import finetune
 
         result = finetune(self.opts)
         return {k: v for k, v in result.items() if k not in ("spec", "model")}
@@ -142,7 +142,7 @@ def _run(cfg: FinetuneConfig) -> int:
         return 0
     if cfg.launcher != "local":
         raise ValueError(f"unknown launcher {cfg.launcher!r}; expected local or slurm")
-    from extract.finetune import TooManyFailures, finetune
+    from extract.finetune.train import TooManyFailures, finetune
 
     try:
         result = finetune(opts)

@@ -1,6 +1,8 @@
 """Extractor registry: every architecture with random weights on CPU at small crops (budget ~40 s)."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -79,7 +81,7 @@ def test_kinetics_checkpoint_file_loads_strictly(tmp_path):
     path = tmp_path / "MVIT_B_16x4.pyth"
     torch.save({"model_state": state}, path)
     ext = create_extractor("mvit_b_16x4.kinetics", weights=str(path), crop_size=64)
-    assert ext.spec.weights == str(path.resolve()) and ext.spec.weights_sha256 == extractors.sha256_file(path)
+    assert ext.spec.weights == str(path.resolve()) and ext.spec.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert torch.equal(ext.model.state_dict()["cls_positional_encoding.cls_token"], state["cls_positional_encoding.cls_token"])
     bad = dict(state)
     bad.pop("cls_positional_encoding.cls_token")
@@ -168,12 +170,12 @@ def test_pyslowfast_style_pyth_with_optimizer_and_cfg_loads(tmp_path):
                 "cfg": "MODEL:\n  ARCH: slowfast\nRESNET:\n  DEPTH: 50\n"}, path)
     ext = create_extractor("slowfast_r50_8x8.kinetics", weights=str(path), crop_size=64)
     key = "blocks.0.multipathway_blocks.0.conv.weight"
-    assert torch.equal(ext.model.state_dict()[key], state[key]) and ext.spec.weights_sha256 == extractors.sha256_file(path)
+    assert torch.equal(ext.model.state_dict()[key], state[key]) and ext.spec.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _finetuned_run(run, *, backbone="slowfast_r50_8x8", weights=True):
     """A `lta finetune-backbone`-style run dir (random weights, tiny SlowFast) without training."""
-    from extract.finetune_model import build_recognition_model, export_backbone, make_spec
+    from extract.finetune.model import build_recognition_model, export_backbone, make_spec
 
     if backbone == "slowfast_r50_8x8":
         spec = make_spec(backbone, width_per_group=8, crop_size=32, num_frames=8)
@@ -189,7 +191,7 @@ def _finetuned_run(run, *, backbone="slowfast_r50_8x8", weights=True):
 
 def test_finetuned_run_dir_is_an_extractor(tmp_path):
     """`<arch>.<run name>` + weights=RUN_DIR: spec from backbone.json, strict load, sha256 in the cache key."""
-    from extract.finetune_model import load_finetuned_backbone
+    from extract.finetune.model import load_finetuned_backbone
     from features.store import cache_key
 
     run = _finetuned_run(tmp_path / "ft_tiny")
@@ -198,7 +200,7 @@ def test_finetuned_run_dir_is_an_extractor(tmp_path):
     assert (s.name, s.arch, s.num_frames, s.window_frames, s.sampling_rate) == ("slowfast_r50_8x8.ft_tiny", "slowfast_r50", 8, 8, 8)
     assert (s.crop_size, s.short_side, s.view_shape, s.mean) == (32, 37, (288,), (0.45, 0.45, 0.45))
     assert dict(s.arch_kwargs) == {"depth": 50, "fusion_kernel_size": 7, "num_frames": 8, "crop_size": 32, "width_per_group": 8}
-    assert s.weights == str((run / "backbone.pt").resolve()) and s.weights_sha256 == extractors.sha256_file(run / "backbone.pt")
+    assert s.weights == str((run / "backbone.pt").resolve()) and s.weights_sha256 == hashlib.sha256((run / "backbone.pt").read_bytes()).hexdigest()
     model, _ = load_finetuned_backbone(run)
     for k, v in model.state_dict().items():
         assert torch.equal(ext.model.state_dict()[k], v), k

@@ -13,9 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from extract import decode  # noqa: E402
-from extract.finetune import TrainOptions, finetune  # noqa: E402
-from extract.finetune_data import EpochBatchSampler, RecognitionDataset, pack_pathways, sample_rng, transform_clip  # noqa: E402
-from extract.finetune_model import (  # noqa: E402
+from extract.finetune.train import TrainOptions, finetune  # noqa: E402
+from extract.finetune.data import EpochBatchSampler, RecognitionDataset, pack_pathways, sample_rng, transform_clip  # noqa: E402
+from extract.finetune.model import (  # noqa: E402
     BACKBONE_FILE,
     RECIPES,
     SPEC_FILE,

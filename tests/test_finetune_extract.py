@@ -15,9 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from extract.extractors import sha256_file  # noqa: E402
-from extract.finetune_data import RecognitionDataset  # noqa: E402
-from extract.finetune_model import build_backbone, load_finetuned_backbone  # noqa: E402
+from extract.weights import sha256_file  # noqa: E402
+from extract.finetune.data import RecognitionDataset  # noqa: E402
+from extract.finetune.model import build_backbone, load_finetuned_backbone  # noqa: E402
 from features.annotations import load_split  # noqa: E402
 from features.store import FeatureStore, store_paths  # noqa: E402
 from pipelines import cmd_extract, cmd_finetune, cmd_train_heads  # noqa: E402
@@ -99,7 +99,7 @@ def test_heads_train_on_the_finetuned_features(pipeline):
 
 def test_kinetics_init_file_is_read_safely(tmp_path):
     """`init=kinetics:PATH` reads a model-zoo .pyth through the restricted unpickler: weights load, pickled calls are refused."""
-    from extract.finetune_model import init_backbone, make_spec
+    from extract.finetune.model import init_backbone, make_spec
     from features.checkpoint_io import UnsafeCheckpointError
 
     spec = make_spec("slowfast_r50_8x8", width_per_group=8, crop_size=32, num_frames=8)

@@ -24,9 +24,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from extract.finetune import TrainOptions, finetune  # noqa: E402
-from extract.finetune_data import EpochBatchSampler, RecognitionDataset, make_loader, probe_split  # noqa: E402
-from extract.finetune_model import make_spec  # noqa: E402
+from extract.finetune.train import TrainOptions, finetune  # noqa: E402
+from extract.finetune.data import EpochBatchSampler, RecognitionDataset, make_loader, probe_split  # noqa: E402
+from extract.finetune.model import make_spec  # noqa: E402
 from extract.resize import ffmpeg_exe  # noqa: E402
 from features.annotations import load_split  # noqa: E402
 from pipelines import cmd_finetune  # noqa: E402

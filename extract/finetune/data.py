@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from extract import decode
-from extract.finetune_model import BackboneSpec
+from extract.finetune.model import BackboneSpec
 from features.annotations import RAW_CLIP_DIR, RESIZED_CLIP_DIR, SplitAnnotations, clip_path
 
 MAX_REPLACEMENTS = 10  # a training item whose sample and this many replacements all fail to decode raises

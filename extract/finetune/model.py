@@ -8,7 +8,8 @@ run directory holds it in a loader-friendly form:
     RUN_DIR/heads.pt        the verb / noun Linear layers (for recognition inference; not used by extract)
 
 `load_finetuned_backbone(RUN_DIR or backbone.pt)` rebuilds the exact module and loads it strictly;
-`lta extract extractors=[<backbone>.<run name>] weights=RUN_DIR` extracts with it (extract/extractors.py).
+`lta extract extractors=[<backbone>.<run name>] weights=RUN_DIR` extracts with it (extract/extractors.py);
+weight fetching and strict loading come from extract/weights.py, shared with the extractors.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from extract.weights import KINETICS_URLS, fetch_url, load_kinetics_state_dict, load_state_dict_strictly
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -27,13 +30,6 @@ BACKBONE_FILE = "backbone.pt"
 SPEC_FILE = "backbone.json"
 HEADS_FILE = "heads.pt"
 SPEC_FORMAT = "lta-finetuned-backbone/1"
-
-# pytorchvideo model-zoo Kinetics-400 weights (create_slowfast / MViT naming, `model_state`).
-KINETICS_URLS = {
-    "slowfast_r101_8x8": "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/SLOWFAST_8x8_R101.pyth",
-    "slowfast_r50_8x8": "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/SLOWFAST_8x8_R50.pyth",
-    "mvit_b_16x4": "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/MVIT_B_16x4.pyth",
-}
 
 
 @dataclass(frozen=True)
@@ -212,8 +208,6 @@ def init_backbone(backbone: "nn.Module", spec: BackboneSpec, init: str) -> str:
         backbones.load_backbone_checkpoint(backbone, path, spec.arch)
         return f"ego4d checkpoint {path}"
     if kind == "kinetics":
-        from extract.extractors import fetch_url, load_kinetics_state_dict
-
         if path:
             source = path
         else:
@@ -227,8 +221,6 @@ def init_backbone(backbone: "nn.Module", spec: BackboneSpec, init: str) -> str:
 
 
 def _load_without_head(backbone: "nn.Module", state: dict, source: str) -> None:
-    from extract.backbones import load_state_dict_strictly
-
     own = backbone.state_dict()
     # the Kinetics classifier (`blocks.6.proj` SlowFast, `head.proj` MViT) is not part of the backbone
     state = {k: v for k, v in state.items() if k in own or not k.startswith(("blocks.6.", "head."))}
@@ -331,7 +323,6 @@ def load_finetuned_backbone(path: Path | str) -> tuple["nn.Module", BackboneSpec
 
     import torch
 
-    from extract.backbones import load_state_dict_strictly
     from features.checkpoint_io import UnsafeCheckpointError
 
     weights, spec = resolve_run(path)

@@ -20,10 +20,10 @@ The reference's precise-BN pass (200 batches) is not implemented.
 
 Run directory: checkpoints/last.pt (model, optimiser, scheduler, step; resumed automatically) and
 checkpoints/rng_rank<r>.pt (every RNG stream as tensors/ints; all files load with `weights_only=True`),
-backbone.pt + backbone.json + heads.pt (the export `lta extract` loads, see finetune_model),
+backbone.pt + backbone.json + heads.pt (the export `lta extract` loads, see extract/finetune/model.py),
 metrics.jsonl (one line per validation), tb/ (TensorBoard), failures.jsonl (bad clips, see below).
 
-Bad input: before training every clip of the train and val splits is probed (`finetune_data.probe_split`);
+Bad input: before training every clip of the train and val splits is probed (`extract.finetune.data.probe_split`);
 bad clips go to failures.jsonl (stage "finetune-probe": clip_uid, path, rows dropped, reason) and their
 segments are dropped; more than `max_failed_frac` of the segments dropped raises `TooManyFailures`
 before anything but failures.jsonl is written. A decode error during training (stage "finetune-decode":
@@ -44,8 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from extract.finetune_data import EpochBatchSampler, ProbeReport, RecognitionDataset, make_loader, probe_split
-from extract.finetune_model import (
+from extract.finetune.data import EpochBatchSampler, ProbeReport, RecognitionDataset, make_loader, probe_split
+from extract.finetune.model import (
     RECIPES,
     BackboneSpec,
     build_recognition_model,
