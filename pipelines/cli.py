@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -50,6 +51,9 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # anywhere on the line: tracebacks instead of one-line errors
+        argv = [a for a in argv if a != "--debug"]
+        os.environ["LTA_DEBUG"] = "1"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -59,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lta: {err}", file=sys.stderr)
         return 2
     setup_logging()
-    return int(command_main(argv[1:]) or 0)
+    from pipelines.common import error_boundary
+
+    return error_boundary(argv[0], lambda: command_main(argv[1:]))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+from features.errors import UsageError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A command line or config file that does not fit the command's schema."""
+class ConfigError(UsageError):
+    """A command line or config file that does not fit the command's schema (a UsageError: exit 2)."""
 
 
 def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
@@ -37,24 +39,111 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def help_text(schema: type, command: str, summary: str = "") -> str:
-    """Lines listing every key of `schema` with its type, default and help."""
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return "(required)"
+
+
+def _list_item_schema(tp: Any) -> Any:
+    """The dataclass of a `list[SomeDataclass]` annotation, else None."""
+    if typing.get_origin(tp) in (list, typing.List):
+        args = typing.get_args(tp)
+        if args and dataclasses.is_dataclass(args[0]):
+            return args[0]
+    return None
+
+
+def schema_keys(schema: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Every leaf key of `schema` as (dotted key, type name, default, help), nested sections flattened.
+
+    A list of dataclasses (e.g. `head.modalities`) contributes the keys of its first entry,
+    `head.modalities.0.proj_dim`; the list itself is listed too (it can be replaced whole).
+    """
     hints = typing.get_type_hints(schema)
+    out: list[tuple[str, str, Any, str]] = []
+    for f in dataclasses.fields(schema):
+        key, tp, default, help_ = f"{prefix}{f.name}", hints[f.name], _default(f), f.metadata.get("help", "")
+        if dataclasses.is_dataclass(tp):
+            out += schema_keys(tp, f"{key}.")
+            continue
+        item = _list_item_schema(tp)
+        if item is not None:
+            out.append((key, f"list[{item.__name__}]", f"[{len(default)} entries]", help_))
+            out += schema_keys(item, f"{key}.0.")
+            continue
+        out.append((key, _type_name(tp), default, help_))
+    return out
+
+
+def help_text(schema: type, command: str, summary: str = "") -> str:
+    """Lines listing every key of `schema` (nested ones as dotted keys) with its type, default and help."""
     lines = [f"usage: lta {command} [config=FILE.yaml] [key=value ...]"]
     if summary:
         lines += ["", summary]
     lines += ["", "keys:"]
-    for f in dataclasses.fields(schema):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        else:
-            default = "(required)"
-        if dataclasses.is_dataclass(default):
-            default = "{...}"
-        lines.append(f"  {f.name:<22} {_type_name(hints[f.name]):<12} default={default!s:<14} {f.metadata.get('help', '')}")
+    rows = schema_keys(schema)
+    width = max([22] + [len(k) + 1 for k, *_ in rows])
+    for key, tp, default, help_ in rows:
+        shown = "''" if default == "" else default
+        lines.append(f"  {key:<{width}} {tp:<12} default={shown!s:<14} {help_}")
+    lines += ["", "Lists: key=[a,b] or key=a (one item); list entries: key.0.field=value. "
+              "LTA_DEBUG=1 or --debug shows tracebacks."]
     return "\n".join(lines)
+
+
+def suggest_key(key: str, schema: type) -> str:
+    """`" (did you mean 'train.epochs'?)"` for the valid key closest to `key` (full or last part), else ""."""
+    import difflib
+
+    keys = [k for k, *_ in schema_keys(schema)]
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not match:  # `epoch` -> `train.epochs`: compare the last dotted part with every key's last part
+        leaf = key.split(".")[-1]
+        by_leaf: dict[str, str] = {}
+        for k in keys:
+            by_leaf.setdefault(k.split(".")[-1], k)
+        close = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
+        match = [by_leaf[close[0]]] if close else []
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _apply_override(cfg: Any, schema: type, key: str, value: Any) -> None:
+    """Set dotted `key` (list entries by index: `head.modalities.0.proj_dim`) in the structured `cfg`.
+
+    A key outside the schema is a ConfigError with the closest valid key; a single value given for a
+    list key becomes a one-item list (`extractors=name`).
+    """
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    node: Any = cfg
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"key '{key}': '{here}' is not an entry of '{'.'.join(parts[:depth])}' "
+                                  f"(a list with {len(node)} entries: indices 0..{len(node) - 1})")
+            if not last:
+                node = node[int(part)]
+            continue
+        if isinstance(node, DictConfig):
+            fixed = dataclasses.is_dataclass(node._metadata.object_type)
+            if fixed and part not in node:
+                raise ConfigError(f"unknown key '{key}'{suggest_key(key, schema)} (see `lta ... --help` for the keys)")
+            if not last:
+                node = node[part] if part in node else None
+                if node is None:
+                    break  # a new key inside an open dict (*_kwargs): OmegaConf.update creates it
+            continue
+        raise ConfigError(f"key '{key}': '{'.'.join(parts[:depth])}' is a value, not a section")
+    target = OmegaConf.select(cfg, key, throw_on_missing=False) if key else None
+    if isinstance(target, ListConfig) and not isinstance(value, (list, tuple)) and value is not None:
+        value = [value]
+    OmegaConf.update(cfg, key, value, merge=False)
 
 
 MAX_YAML_ALIASES = 100  # a config needs few; thousands of nested aliases expand exponentially (a "YAML bomb")
@@ -108,8 +197,10 @@ def parse_config(schema: type[T], argv: Sequence[str]) -> T:
         cfg = OmegaConf.structured(schema)
         for path in config_files:
             cfg = OmegaConf.merge(cfg, load_yaml(path))
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        for item in overrides:
+            key, raw = item.split("=", 1)
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]), resolve=False)["v"]
+            _apply_override(cfg, schema, key.strip(), value)
         obj = OmegaConf.to_object(cfg)
     except ConfigError:
         raise
@@ -117,7 +208,8 @@ def parse_config(schema: type[T], argv: Sequence[str]) -> T:
         msg = str(err).splitlines()[0]
         key = getattr(err, "full_key", None)
         where = f"key '{key}': " if key and f"'{key}'" not in msg else ""
-        raise ConfigError(f"{where}{msg} (see `lta ... --help` for the keys)") from None
+        hint = suggest_key(str(key).replace("[", ".").replace("]", ""), schema) if key and "not in" in msg else ""
+        raise ConfigError(f"{where}{msg}{hint} (see `lta ... --help` for the keys)") from None
     return obj  # type: ignore[return-value]
 
 

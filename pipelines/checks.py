@@ -1,0 +1,125 @@
+"""Checks run by the commands before any data is loaded: paths, registry names, devices.
+
+Each raises `features.errors.UsageError` (exit 2) with one line naming the key, the value and the valid
+choices (with a "did you mean" when a choice is close), so a typo costs nothing instead of minutes.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from features.errors import UsageError
+
+
+def closest(value: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to `value` (difflib ratio >= 0.6), or None."""
+    match = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """`" (did you mean 'x'?)"` for the closest choice, else ""."""
+    best = closest(value, choices)
+    return f" (did you mean {best!r}?)" if best else ""
+
+
+def check_choice(key: str, value: str, choices: Sequence[str], what: str = "") -> str:
+    """`value` must be one of `choices`; else UsageError `key=value: unknown <what>; valid: [...]`."""
+    if value not in choices:
+        raise UsageError(f"{key}={value}: unknown {what or key}{did_you_mean(value, choices)}; valid: {sorted(choices)}")
+    return value
+
+
+def check_choices(key: str, values: Sequence[str], choices: Sequence[str], what: str = "") -> list[str]:
+    """Every item of the list `values` must be one of `choices` (see `check_choice`); an empty list is an error."""
+    if not values:
+        raise UsageError(f"{key}=[]: give at least one {what or key}; valid: {sorted(choices)}")
+    for v in values:
+        check_choice(key, v, choices, what)
+    return list(values)
+
+
+def check_dir(key: str, path: str | Path, what: str) -> Path:
+    """`path` must be an existing directory."""
+    p = Path(path)
+    if not p.is_dir():
+        state = "is a file, not a directory" if p.exists() else "does not exist"
+        raise UsageError(f"{key}={path}: {what} {state} (cwd {Path.cwd()})")
+    return p
+
+
+def check_file(key: str, path: str | Path, what: str) -> Path:
+    """`path` must be an existing file."""
+    p = Path(path)
+    if not p.is_file():
+        state = "is a directory, not a file" if p.is_dir() else "does not exist"
+        raise UsageError(f"{key}={path}: {what} {state} (cwd {Path.cwd()})")
+    return p
+
+
+def check_data_root(key: str, path: str | Path, splits: Sequence[str] = ()) -> Path:
+    """A dataset root: a directory with `annotations/` and the annotation file of every split in `splits`."""
+    from features.annotations import ANNOTATION_DIR, SPLIT_FILES
+
+    root = check_dir(key, path, "dataset root")
+    if not (root / ANNOTATION_DIR).is_dir():
+        raise UsageError(f"{key}={path}: dataset root has no {ANNOTATION_DIR}/ folder (expected {root / ANNOTATION_DIR})")
+    for split in splits:
+        check_split("split", split)
+        f = root / ANNOTATION_DIR / SPLIT_FILES[split]
+        if not f.is_file():
+            raise UsageError(f"{key}={path}: no annotations of split {split!r} ({f} does not exist)")
+    return root
+
+
+def check_split(key: str, split: str) -> str:
+    from features.annotations import SPLIT_FILES
+
+    return check_choice(key, split, list(SPLIT_FILES), "split")
+
+
+def check_store_root(key: str, path: str | Path) -> Path:
+    """A feature store root holding at least one `<key>.zarr` / `<key>.h5` store."""
+    from features.store import store_paths
+
+    root = check_dir(key, path, "feature store root")
+    if not store_paths(root):
+        raise UsageError(f"{key}={path}: feature store root holds no stores (no <key>.zarr / <key>.h5; "
+                         f"run `lta extract store={path}` first)")
+    return root
+
+
+def check_device(key: str, device: str, *, allow_auto: bool = True) -> str:
+    """`cpu`, `cuda`, `cuda:N` (CUDA must be available) or `auto`."""
+    name = str(device)
+    if allow_auto and name == "auto":
+        return name
+    kind, _, index = name.partition(":")
+    valid = (["auto"] if allow_auto else []) + ["cpu", "cuda", "cuda:N"]
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise UsageError(f"{key}={name}: unknown device{did_you_mean(name, valid)}; valid: {valid}")
+    if kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"{key}={name}: CUDA is not available on this machine; use {key}=cpu"
+                             + (f" or {key}=auto" if allow_auto else ""))
+        if index and int(index) >= torch.cuda.device_count():
+            raise UsageError(f"{key}={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
+def check_run_dir(key: str, run: str | Path, checkpoint: str | None = "best") -> Path:
+    """A run dir (config.yaml) holding `checkpoints/<checkpoint>.pt`; the message lists the checkpoints there."""
+    from train_heads.run import CHECKPOINT_DIR, CONFIG_FILE
+
+    run_dir = check_dir(key, run, "run dir")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UsageError(f"{key}={run}: not a run dir (no {CONFIG_FILE}); train one with `lta train-heads out={run}`")
+    if checkpoint is not None:
+        names = sorted(p.stem for p in (run_dir / CHECKPOINT_DIR).glob("*.pt"))
+        if checkpoint not in names:
+            raise UsageError(f"checkpoint={checkpoint}: no {run_dir / CHECKPOINT_DIR / (checkpoint + '.pt')}"
+                             f"{did_you_mean(checkpoint, names)}; checkpoints in the run: {names}")
+    return run_dir
