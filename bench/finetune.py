@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from extract.finetune.train import TrainOptions, finetune
-    from features.synthetic import write_sample
+    from extract.render import write_sample
+    from features.synthetic import plan_sample
 
     logging.basicConfig(level=logging.WARNING)
     if args.device == "cpu":
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
              dict(backbone="slowfast_r50_8x8", width_per_group=8, crop_size=64))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        summary = write_sample(Path(tmp) / "data", clips=args.clips, seed=0, width=426, height=320,
-                               segments_per_clip=(12, 14), train_fraction=1.0, val_fraction=0.0)
+        summary = write_sample(plan_sample(clips=args.clips, seed=0, width=426, height=320, segments_per_clip=(12, 14),
+                                           train_fraction=1.0, val_fraction=0.0), Path(tmp) / "data")
         print(f"sample: {summary['segments']['train']} train segments, {summary['video_sec']:.0f} s of 426x320 video "
               f"(rendered in {time.perf_counter() - t0:.1f} s); model {model}, batch {args.batch}, {args.steps} steps, "
               f"device {args.device}, torch threads {torch.get_num_threads()}\n")

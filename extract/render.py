@@ -1,5 +1,8 @@
 """Render a planned synthetic clip (features.synthetic) to frames and write it as an H.264 mp4.
 
+    plan = features.synthetic.plan_sample(clips=12, seed=0)   # pure numpy: labels, recipes, segments
+    write_sample(plan, "data/synthetic_lta")                  # annotations/ + clips_hq/*.mp4 (+ summary)
+
 Each frame is a clip-specific smooth textured background plus mild temporal noise; every action
 segment active at that frame draws its noun's object (shape + colour, a dark stripe marks its
 orientation) moved by its verb's motion. Encoding uses libx264 with one thread, so the same plan
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -17,7 +21,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from features.annotations import RAW_CLIP_DIR, safe_join, check_clip_uid
-from features.synthetic import Appearance, ClipPlan, Motion, SamplePlan
+from features.synthetic import Appearance, ClipPlan, Motion, SamplePlan, sample_summary, write_annotations
 
 log = logging.getLogger(__name__)
 
@@ -247,3 +251,18 @@ def render_sample(plan: SamplePlan, out_dir: Path | str, *, crf: int = 23, prese
         log.info("rendered clip %d/%d %s (%d frames)", i + 1, len(plan.clips), path.name, frames)
         paths.append(path)
     return paths
+
+
+def write_sample(plan: SamplePlan, out_dir: Path | str, *, videos: bool = True, crf: int = 23,
+                 preset: str = "ultrafast") -> dict:
+    """Write the sample `plan` under `out_dir`: annotations, synthetic_sample.json and (if `videos`) clips_hq/*.mp4.
+
+    Returns `features.synthetic.sample_summary(plan)` plus out, videos and render_sec.
+    """
+    out_dir = Path(out_dir)
+    write_annotations(plan, out_dir)
+    t0 = time.perf_counter()
+    if videos:
+        render_sample(plan, out_dir, crf=crf, preset=preset)
+    return {"out": str(out_dir), **sample_summary(plan), "videos": bool(videos),
+            "render_sec": round(time.perf_counter() - t0 if videos else 0.0, 3)}

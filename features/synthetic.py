@@ -7,9 +7,10 @@ What makes it learnable:
   few tasks per seed. The clip walks its recipe with noise (skip a step, repeat one, or an
   action drawn uniformly), so the next actions follow from the observed ones.
 
-This module is pure numpy/json: it plans the sample (`plan_sample`) and writes the Ego4D
-annotation files (`write_annotations`). Frames and mp4s come from `extract.render`;
-`write_sample` does both (importing `extract.render` only when asked for videos).
+This module is pure numpy/json and imports nothing above `features/`: it plans the sample
+(`plan_sample`), writes the Ego4D annotation files (`write_annotations`) and summarises a plan
+(`sample_summary`). Frames and mp4s are made in `extract.render`, whose `write_sample(plan, out)`
+writes a whole sample; `lta sample` (pipelines/cmd_sample.py) composes the two.
 """
 from __future__ import annotations
 
@@ -414,33 +415,11 @@ def write_annotations(plan: SamplePlan, out_dir: Path | str) -> list[Path]:
     return paths + [Path(out_dir) / SAMPLE_INFO_FILE]
 
 
-def write_sample(out_dir: Path | str, *, clips: int = 12, seed: int = 0, videos: bool = True, **plan_kwargs) -> dict:
-    """Plan and write a synthetic sample: annotations and (if `videos`) `clips_hq/<clip_uid>.mp4`.
-
-    Args:
-        out_dir: dataset root; gets `annotations/`, `clips_hq/` and `synthetic_sample.json`.
-        clips, seed, **plan_kwargs: see `plan_sample`.
-        videos: render the H.264 clips (imports `extract.render`, PyAV).
-
-    Returns:
-        Summary: clips and segments per split, frame count, size, fps, render seconds, paths.
-    """
-    import time
-
-    plan = plan_sample(clips=clips, seed=seed, **plan_kwargs)
-    out_dir = Path(out_dir)
-    write_annotations(plan, out_dir)
-    render_sec = 0.0
-    if videos:
-        from extract.render import render_sample  # lazy: PyAV is only needed for the mp4s
-
-        t0 = time.perf_counter()
-        render_sample(plan, out_dir)
-        render_sec = time.perf_counter() - t0
+def sample_summary(plan: SamplePlan) -> dict:
+    """Clips and segments per split, clip uids, taxonomy size, frame count, duration, size and fps of `plan`."""
     per_split = {s: [c for c in plan.clips if c.split == s] for s in SPLIT_FILES}
     return {
-        "out": str(out_dir),
-        "seed": seed,
+        "seed": plan.seed,
         "clips": {s: len(cs) for s, cs in per_split.items()},
         "segments": {s: int(sum(c.num_segments for c in cs)) for s, cs in per_split.items()},
         "clip_uids": {s: [c.clip_uid for c in cs] for s, cs in per_split.items()},
@@ -451,6 +430,4 @@ def write_sample(out_dir: Path | str, *, clips: int = 12, seed: int = 0, videos:
         "width": plan.width,
         "height": plan.height,
         "fps": plan.fps,
-        "videos": bool(videos),
-        "render_sec": round(render_sec, 3),
     }

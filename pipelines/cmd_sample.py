@@ -3,6 +3,8 @@
 Writes `DIR/annotations/fho_lta_{train,val,test_unannotated}.json`, `fho_lta_taxonomy.json`,
 `DIR/clips_hq/<clip_uid>.mp4` (H.264, 30 fps) and `DIR/synthetic_sample.json` (the hidden task
 grammar, appearance table and withheld test labels). `lta resize` makes `DIR/clips/` later.
+The plan (labels, recipes, segments) comes from `features.synthetic.plan_sample` (pure numpy), the
+files from `extract.render.write_sample` (annotations + rendered mp4s).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from features.synthetic import write_sample
+from extract.render import write_sample
+from features.synthetic import plan_sample
 from pipelines.common import run_command
 from pipelines.config import opt, to_yaml
 
@@ -43,11 +46,9 @@ class SampleConfig:
 
 def _run(cfg: SampleConfig) -> int:
     out = Path(cfg.out)
-    summary = write_sample(
-        out,
+    plan = plan_sample(
         clips=cfg.clips,
         seed=cfg.seed,
-        videos=cfg.videos,
         verbs=cfg.verbs,
         nouns=cfg.nouns,
         num_tasks=cfg.tasks,
@@ -61,6 +62,7 @@ def _run(cfg: SampleConfig) -> int:
         p_repeat=cfg.p_repeat,
         p_random=cfg.p_random,
     )
+    summary = write_sample(plan, out, videos=cfg.videos)
     (out / "sample_config.yaml").write_text(to_yaml(cfg))
     brief = {k: v for k, v in summary.items() if k != "clip_uids"}
     print(json.dumps(brief, indent=1))

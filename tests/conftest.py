@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from features.synthetic import write_sample
+from extract.render import write_sample
+from features.synthetic import plan_sample
 
 # 5 clips (3 train / 1 val / 1 test) of 28-30 segments of 1.0-1.6 s at 160x120: every clip has
 # windows for 8 observed + 20 future segments, and rendering takes a few seconds.
@@ -16,7 +17,7 @@ TINY_SAMPLE = dict(clips=5, seed=123, segments_per_clip=(28, 30), segment_sec=(1
 def tiny_sample(tmp_path_factory) -> Path:
     """Root of a tiny sample with annotations and clips_hq/*.mp4, written once per session."""
     root = tmp_path_factory.mktemp("tiny_sample")
-    write_sample(root, **TINY_SAMPLE)
+    write_sample(plan_sample(**TINY_SAMPLE), root)
     return root
 
 
@@ -24,7 +25,7 @@ def tiny_sample(tmp_path_factory) -> Path:
 def sample_annotations(tmp_path_factory) -> Path:
     """Root of a 6-clip sample with annotations only (no videos), default clip lengths."""
     root = tmp_path_factory.mktemp("sample_annotations")
-    write_sample(root, clips=6, seed=7, videos=False)
+    write_sample(plan_sample(clips=6, seed=7), root, videos=False)
     return root
 
 

@@ -72,10 +72,11 @@ def kill_when(proc: subprocess.Popen, ready, rng: np.random.Generator, *, max_de
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
     """6 short clips (5-6 segments each, 96x72): 34 rows in train/val/test, about 8 s per extract run."""
-    from features.synthetic import write_sample
+    from extract.render import write_sample
+    from features.synthetic import plan_sample
 
     root = tmp_path_factory.mktemp("proc_sample")
-    write_sample(root, clips=6, seed=5, segments_per_clip=(5, 6), segment_sec=(1.0, 1.6), width=96, height=72)
+    write_sample(plan_sample(clips=6, seed=5, segments_per_clip=(5, 6), segment_sec=(1.0, 1.6), width=96, height=72), root)
     return root
 
 

@@ -41,11 +41,12 @@ def _one_thread(one_torch_thread):
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
     """8 clips (4 train / 4 val, ~37 segments each), 96x64, 4 verbs, 6 nouns (noun = shape + colour)."""
-    from features.synthetic import write_sample
+    from extract.render import write_sample
+    from features.synthetic import plan_sample
 
     root = tmp_path_factory.mktemp("ft_sample")
-    summary = write_sample(root, clips=8, seed=1, segments_per_clip=(9, 10), width=96, height=64, verbs=4, nouns=6,
-                           train_fraction=0.5, val_fraction=0.5)
+    summary = write_sample(plan_sample(clips=8, seed=1, segments_per_clip=(9, 10), width=96, height=64, verbs=4, nouns=6,
+                                       train_fraction=0.5, val_fraction=0.5), root)
     assert summary["segments"]["train"] >= 32 and summary["segments"]["val"] >= 32
     return root
 

@@ -43,11 +43,12 @@ def _one_thread(one_torch_thread):
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Path:
     """7 clips of 9-10 segments at 96x64: 5 train, 2 val."""
-    from features.synthetic import write_sample
+    from extract.render import write_sample
+    from features.synthetic import plan_sample
 
     root = tmp_path_factory.mktemp("ft_faults")
-    write_sample(root, clips=7, seed=2, segments_per_clip=(9, 10), width=96, height=64, verbs=4, nouns=6,
-                 train_fraction=0.71, val_fraction=0.29)
+    write_sample(plan_sample(clips=7, seed=2, segments_per_clip=(9, 10), width=96, height=64, verbs=4, nouns=6,
+                             train_fraction=0.71, val_fraction=0.29), root)
     assert len(load_split(root, "train").clip_uids) == 5 and len(load_split(root, "val").clip_uids) == 2
     return root
 

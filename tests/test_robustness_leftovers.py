@@ -29,10 +29,11 @@ EXTRACT_ARGS = ["raw_clips=true", "extractors=[clip_vit_b32.openai]", "weights=r
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
     """3 short clips (4 segments each, 64x48) with videos."""
-    from features.synthetic import write_sample
+    from extract.render import write_sample
+    from features.synthetic import plan_sample
 
     root = tmp_path_factory.mktemp("leftover_sample")
-    write_sample(root, clips=3, seed=2, segments_per_clip=4, segment_sec=(0.8, 1.0), width=64, height=48)
+    write_sample(plan_sample(clips=3, seed=2, segments_per_clip=4, segment_sec=(0.8, 1.0), width=64, height=48), root)
     return root
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from features.annotations import SPLIT_FILES, load_split
-from features.synthetic import plan_sample, walk_task, write_sample
+from extract.render import write_sample
+from features.synthetic import plan_sample, walk_task
 from features.windows import build_windows
 from pipelines import cli
 
@@ -142,7 +143,7 @@ def test_clips_decode_with_the_planned_frames_and_content(tiny_sample):
 @pytest.mark.slow
 def test_rendering_is_deterministic(tmp_path):
     kwargs = dict(clips=2, seed=11, segments_per_clip=(28, 29), segment_sec=(1.0, 1.2), width=160, height=120)
-    summaries = [write_sample(tmp_path / run, **kwargs) for run in ("a", "b")]
+    summaries = [write_sample(plan_sample(**kwargs), tmp_path / run) for run in ("a", "b")]
     assert summaries[0]["clip_uids"] == summaries[1]["clip_uids"]
     for uid in summaries[0]["clip_uids"]["train"] + summaries[0]["clip_uids"]["test"]:
         fa, fps_a, size_a = _decode(tmp_path / "a" / "clips_hq" / f"{uid}.mp4")
