@@ -68,3 +68,6 @@ class TrainConfig:
     num_sequences: int = _opt(5, "K, candidate sequences per window")
     eval_batch_size: int = _opt(512, "windows per forward at evaluation")
     max_train_windows: int = _opt(0, "use a random subset of the training windows (0 = all)")
+    no_decay: str = _opt("norm", "parameters without weight decay: norm (LayerNorm/BatchNorm layers) or bn_name "
+                                 "(names containing 'bn', the reference's rule)")
+    drop_last: bool = _opt(False, "drop the last partial training batch (the reference's train loader does)")

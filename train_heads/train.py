@@ -43,16 +43,32 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Norm-layer parameters get no weight decay (the reference's `bn` group), all others `weight_decay`."""
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)) for p in m.parameters(recurse=False)}
-    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in norm_ids]
-    no_decay = [p for p in model.parameters() if p.requires_grad and id(p) in norm_ids]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _norm_layer_params(model: nn.Module) -> set[int]:
+    """ids of the parameters of LayerNorm / BatchNorm layers."""
+    return {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)) for p in m.parameters(recurse=False)}
+
+
+def _bn_named_params(model: nn.Module) -> set[int]:
+    """ids of the parameters whose names contain "bn": the reference's rule (ego4d_forecasting/optimizers/optimizer.py
+    construct_optimizer), which on a forecasting head exempts nothing (its LayerNorms are named `norm*`)."""
+    return {id(p) for name, p in model.named_parameters() if "bn" in name}
+
+
+NO_DECAY = {"norm": _norm_layer_params, "bn_name": _bn_named_params}  # TrainConfig.no_decay
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay: str = "norm") -> list[dict]:
+    """Two groups: the parameters picked by the `no_decay` rule get weight decay 0, all others `weight_decay`."""
+    if no_decay not in NO_DECAY:
+        raise ValueError(f"unknown no_decay rule {no_decay!r}; available: {sorted(NO_DECAY)}")
+    exempt = NO_DECAY[no_decay](model)
+    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in exempt]
+    no_wd = [p for p in model.parameters() if p.requires_grad and id(p) in exempt]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_wd, "weight_decay": 0.0}]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999))
     if cfg.optimizer == "adamw":
@@ -149,7 +165,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindo
     model = model.to(device)
     bank = bank.to(device)
     train_data, val_data = DeviceWindows(train_windows, device), DeviceWindows(val_windows, device)
-    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    # drop_last (the reference's train loader): only full batches, floor(n / batch) steps per epoch
+    steps_per_epoch = (len(train_data) // cfg.batch_size if cfg.drop_last and len(train_data) >= cfg.batch_size
+                       else math.ceil(len(train_data) / cfg.batch_size))
     total_steps = cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total_steps))
@@ -176,7 +194,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindo
             break
         model.train()
         t0, t_log, loss_sum, loss_n = time.perf_counter(), time.perf_counter(), torch.zeros((), device=device), 0
-        for batch in iterate_batches(train_data, bank, batch_size=cfg.batch_size, train=True, rng=data_rng):
+        for batch in iterate_batches(train_data, bank, batch_size=cfg.batch_size, train=True, rng=data_rng,
+                                    drop_last=cfg.drop_last):
             with autocast(device, cfg.amp):
                 # autoregressive decoders read the true future (teacher forcing); the others ignore it
                 out = model(batch.inputs, future={"verb": batch.future_verb, "noun": batch.future_noun})
