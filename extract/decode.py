@@ -1,16 +1,28 @@
 """Window sampling and decode-once frame reading with PyAV.
 
-Sampling (shared with backbone fine-tuning, ../shared/reference/ego4d_lta.md §2.2):
-    A window lasts `num_frames * sampling_rate / target_fps` seconds (2.133 s for 32x2 and 16x4).
-    Its start is `seg_start + position * max(seg_dur - win_dur, 0)`, so position 0.5 is the reference
-    test sampler (`CenterClipVideoSampler`) and a segment shorter than the window is covered from its
-    start, the window running past the segment end (as the reference). The frames of the window are
-    the clip's native frames with timestamps in [t0, t0 + win_dur), uniformly subsampled to
-    `num_frames` (pytorchvideo `get_clip` + `UniformTemporalSubsample`, truncating indices as
-    `torch.linspace(...).long()`).
-    Clip-end policy (as pytorchvideo): a window that runs past the last frame keeps only the frames
-    that exist and spreads its `num_frames` over them (repeating frames); a window that starts at or
-    after the last frame's timestamp raises `WindowOutOfRange` (the segment lies outside the video).
+Sampling (shared with backbone fine-tuning, ../shared/reference/ego4d_lta.md §2.2) is the reference's
+test-time LTA loader (EGO4D/forecasting 38d1931, pytorchvideo 0.1.5), reproduced exactly:
+
+1. Window: it lasts D = `num_frames * sampling_rate / target_fps` s (2.1333 s for 32x2 and 16x4).
+   View position 0.5 is `CenterClipVideoSampler` inside `ForecastingClipSampler`: with d = end - start,
+   t0 = (d/2 - D/2) + start and t1 = ((d/2 - D/2) + D) + start, float64 in that order, no clamp: a
+   segment shorter than D gets a window that starts before it (maybe before 0) and ends after it.
+   Other positions p (extra views, fine-tuning's random draws) are where the reference *training*
+   sampler (pytorchvideo `RandomClipSampler`) can put the window: t0 = start + p * max(d - D, 0).
+2. Frames: pytorchvideo's PyAV `get_clip(t0, t1)` returns the frames with pts in
+   [ceil(t0 / tb), ceil(t1 / tb)) (tb = the stream time base as a float64, plus the stream start
+   pts): a negative t0 selects from frame 0, a t1 past the clip stops at the last frame; no frame
+   in range (the window starts after the last frame) raises `WindowOutOfRange`.
+3. With `num_input_clips` N_in >= 2 the n decoded frames are first brought to 64 by
+   `uniform_temporal_subsample` (positions = trunc(clamp(linspace(0, n-1, 64)))), then to
+   `num_frames`; with N_in = 1 directly to `num_frames`.
+4. SlowFast's slow pathway (`slow_positions`): the LTA loader folds the N_in clips into one time
+   axis of N_in * T frames and takes N_in * T / alpha slow frames over it, so the slow frames of clip
+   (slot) j depend on N_in and j.
+
+`linspace`: the reference's pinned torch 1.9 computes float32 `linspace` in blocks (see
+`linspace_f32`), which near clip ends picks another frame than torch 2.x for a few n. "torch19"
+(default) emulates torch 1.9.0's AVX2 kernel exactly; "torch" calls the installed torch.
 
 Views: view 0 is the centred window; further views place the window at other deterministic
 positions (`view_positions`), optionally followed by their horizontal flips.
@@ -24,6 +36,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -71,49 +85,177 @@ def make_views(num_views: int, *, flip: bool = False) -> list[View]:
     return [View(p) for p in view_positions(num_views)]
 
 
-def uniform_subsample(indices: np.ndarray, num_samples: int) -> np.ndarray:
-    """`num_samples` entries of `indices` picked as `torch.linspace(0, n-1, num_samples).long()`."""
-    n = len(indices)
-    picks = np.linspace(0, n - 1, num_samples).astype(np.int64)  # truncation, as .long()
-    return np.asarray(indices)[picks]
+LINSPACE_MODES = ("torch19", "torch")
+
+
+def _round_f32(exact: Fraction) -> np.float32:
+    """`exact` rounded once to float32 (round half to even)."""
+    near = np.float32(float(exact))
+    cands = [np.nextafter(near, np.float32(-np.inf)), near, np.nextafter(near, np.float32(np.inf))]
+    return min(cands, key=lambda v: (abs(Fraction(float(v)) - exact), int(v.view(np.uint32)) & 1))
+
+
+def _fma_f32(a: np.float32, b: np.float32, c: np.float32) -> np.float32:
+    """float32 fused multiply-add: a * b + c with a single rounding."""
+    return _round_f32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+
+
+@lru_cache(maxsize=4096)
+def _linspace_torch19(start: float, end: float, steps: int) -> tuple[float, ...]:
+    """torch 1.9.0's float32 CPU linspace (AVX2 kernel, `cpu_serial_kernel_vec`), emulated.
+
+    step = (end - start) / (steps - 1) in float32; halfway = steps // 2. Blocks of 16 values are two
+    `Vectorized<float>::arange(base, step)` of 8: base = fma(step, i, start) for a block starting at
+    i < halfway, else fma(-step, steps - 1 - i, end); lane k = base + (k * step), each op rounded to
+    float32. The tail (steps % 16 values) is computed per element with the same base formula.
+    Checked against the reference environment's frame indices (tests/fixtures/ego4d_reference_e2e).
+    """
+    f32 = np.float32
+    a, b = f32(start), f32(end)
+    if steps == 1:
+        return (float(a),)
+    step = f32(f32(b - a) / f32(steps - 1))
+    half = steps // 2
+    out = np.empty(steps, dtype=f32)
+
+    def base(i: int) -> np.float32:
+        return _fma_f32(step, f32(i), a) if i < half else _fma_f32(-step, f32(steps - 1 - i), b)
+
+    i = 0
+    while i + 16 <= steps:
+        for blk in (i, i + 8):
+            v0 = base(blk)
+            for k in range(8):
+                out[blk + k] = f32(v0 + f32(f32(k) * step))
+        i += 16
+    for j in range(i, steps):
+        out[j] = base(j)
+    return tuple(float(v) for v in out)
+
+
+def linspace_f32(start: float, end: float, steps: int, *, linspace: str = "torch19") -> np.ndarray:
+    """float32 `torch.linspace(start, end, steps)` as torch 1.9.0 computes it ("torch19") or as the
+    installed torch does ("torch")."""
+    if linspace == "torch19":
+        return np.asarray(_linspace_torch19(float(start), float(end), int(steps)), dtype=np.float32)
+    if linspace == "torch":
+        import torch
+
+        return torch.linspace(float(start), float(end), int(steps)).numpy()
+    raise ValueError(f"unknown linspace mode {linspace!r}; available: {list(LINSPACE_MODES)}")
+
+
+def subsample_positions(n: int, num_samples: int, *, linspace: str = "torch19") -> np.ndarray:
+    """pytorchvideo `uniform_temporal_subsample` picks of `num_samples` out of `n`:
+    trunc(clamp(linspace(0, n-1, num_samples), 0, n-1)) as int64."""
+    if n < 1 or num_samples < 1:
+        raise ValueError(f"cannot subsample {num_samples} of {n} frames")
+    return np.clip(linspace_f32(0, n - 1, num_samples, linspace=linspace), 0, n - 1).astype(np.int64)
+
+
+def uniform_subsample(indices: np.ndarray, num_samples: int, *, linspace: str = "torch19") -> np.ndarray:
+    """`num_samples` entries of `indices` picked by `subsample_positions` (pytorchvideo UniformTemporalSubsample)."""
+    indices = np.asarray(indices)
+    return indices[subsample_positions(len(indices), num_samples, linspace=linspace)]
+
+
+def slow_positions(num_frames: int, num_input_clips: int, *, alpha: int = 4,
+                   linspace: str = "torch19") -> list[np.ndarray]:
+    """Slow-pathway positions in each clip's own `num_frames` frames, per slot j < `num_input_clips`.
+
+    The reference LTA loader folds its N_in clips into one axis of N_in * T frames and
+    `UniformTemporalSubsampleRepeated((alpha, 1))` takes N_in * T // alpha of them
+    (`uniform_temporal_subsample`), then unfolds; slot j receives the j-th run of T // alpha.
+    With N_in = 1 this is the recognition rule linspace(0, T-1, T // alpha).
+
+    Raises:
+        ValueError: a slot whose slow frames would fall outside its own clip (never for T=32, 16).
+    """
+    t, n = int(num_frames), int(num_input_clips)
+    per = t // alpha
+    folded = subsample_positions(n * t, n * t // alpha, linspace=linspace)
+    out = []
+    for j in range(n):
+        pos = folded[j * per:(j + 1) * per] - j * t
+        if len(pos) != per or pos.min() < 0 or pos.max() >= t:
+            raise ValueError(f"slow pathway of slot {j} of {n} x {t} frames leaves its clip: {pos.tolist()}")
+        out.append(pos)
+    return out
 
 
 def window_bounds_sec(start_sec: float, end_sec: float, *, num_frames: int, sampling_rate: int,
                       target_fps: float = 30.0, position: float = 0.5) -> tuple[float, float]:
-    """(t0, t1) of the window inside segment [start_sec, end_sec] at `position` in [0, 1]."""
+    """(t0, t1) of the window of segment [start_sec, end_sec] at `position` in [0, 1].
+
+    0.5: the reference test sampler, centred without clamp (float64, the reference's order of
+    operations); other positions: the reference train sampler's start t0 = start + position *
+    max(d - D, 0) (see the module docstring).
+    """
     if not 0.0 <= position <= 1.0:
         raise ValueError(f"position must be in [0, 1], got {position}")
-    duration = num_frames * sampling_rate / target_fps
+    duration = (num_frames * sampling_rate) / target_fps
+    start_sec, end_sec = float(start_sec), float(end_sec)
+    if position == 0.5:  # CenterClipVideoSampler(clip_duration)(0.0, d, ...) + clip_start_boundary
+        clip_start = (end_sec - start_sec) / 2 - duration / 2
+        return clip_start + start_sec, (clip_start + duration) + start_sec
     t0 = start_sec + position * max(end_sec - start_sec - duration, 0.0)
     return t0, t0 + duration
 
 
-def window_frame_indices(start_sec: float, end_sec: float, *, num_frames: int, sampling_rate: int, fps: float,
-                         position: float = 0.5, target_fps: float = 30.0,
-                         num_clip_frames: int | None = None) -> np.ndarray:
-    """Native frame indices (num_frames,) of the window of segment [start_sec, end_sec].
+def clip_frames_in(t0: float, t1: float, *, info: "ClipInfo | None" = None, fps: float | None = None,
+                   num_clip_frames: int | None = None) -> np.ndarray:
+    """Native frame indices that pytorchvideo's PyAV `get_clip(t0, t1)` returns (ascending, contiguous).
 
-    Args:
-        fps: the clip's frame rate (frame i is shown at i / fps).
-        position: window position inside the segment, 0 = start, 0.5 = centred, 1 = end.
-        target_fps: only sets the window duration (`num_frames * sampling_rate / target_fps`), as the reference.
-        num_clip_frames: frames in the clip; when given, the clip-end policy of the module docstring applies.
+    With `info`: frames whose pts lie in [ceil(t0/tb) + start_pts, ceil(t1/tb) + start_pts), from the
+    probed timestamps. Without: a clip whose frame k has pts k in time base 1/fps, `num_clip_frames`
+    long (unbounded when None).
 
     Raises:
-        WindowOutOfRange: the window starts after the clip's last frame.
+        WindowOutOfRange: no frame in the window (it starts after the clip's last frame).
+    """
+    if info is not None:
+        tb, start_pts, pts = info.time_base, info.start_pts, info.frame_pts
+        lo, hi = math.ceil(t0 / tb) + start_pts, math.ceil(t1 / tb) + start_pts
+        first, stop = int(np.searchsorted(pts, lo, side="left")), int(np.searchsorted(pts, hi, side="left"))
+        n_clip, rate = info.num_frames, info.fps
+    else:
+        if fps is None:
+            raise ValueError("clip_frames_in needs info or fps")
+        tb = 1.0 / fps
+        first, stop = max(math.ceil(t0 / tb), 0), max(math.ceil(t1 / tb), 0)
+        n_clip, rate = num_clip_frames, fps
+        if n_clip is not None:
+            first, stop = min(first, n_clip), min(stop, n_clip)
+    if stop <= first:
+        where = (f"the clip's last frame ({n_clip} frames at {rate:g} fps = {n_clip / rate:.3f} s)"
+                 if n_clip is not None else "the clip")
+        raise WindowOutOfRange(f"window [{t0:.3f}, {t1:.3f}) s holds no frame of {where}")
+    return np.arange(first, stop, dtype=np.int64)
+
+
+def window_frame_indices(start_sec: float, end_sec: float, *, num_frames: int, sampling_rate: int,
+                         fps: float | None = None, position: float = 0.5, target_fps: float = 30.0,
+                         num_clip_frames: int | None = None, info: "ClipInfo | None" = None,
+                         num_input_clips: int = 1, linspace: str = "torch19") -> np.ndarray:
+    """Native frame indices (num_frames,) of the window of segment [start_sec, end_sec] (module docstring).
+
+    Args:
+        fps, num_clip_frames: the clip's rate and length when `info` is not given (pts grid 1/fps).
+        position: window position (0.5 = the reference test window).
+        target_fps: only sets the window duration (`num_frames * sampling_rate / target_fps`), as the reference.
+        info: the probed clip (exact pts selection); preferred.
+        num_input_clips: the LTA loader's N_in; >= 2 adds the 64-frame step.
+        linspace: "torch19" | "torch" (see `linspace_f32`).
+
+    Raises:
+        WindowOutOfRange: the window holds no frame of the clip.
     """
     t0, t1 = window_bounds_sec(start_sec, end_sec, num_frames=num_frames, sampling_rate=sampling_rate,
                                target_fps=target_fps, position=position)
-    eps = 1e-6
-    first = max(math.ceil(t0 * fps - eps), 0)
-    stop = max(math.ceil(t1 * fps - eps), first + 1)  # frames with i / fps in [t0, t1)
-    if num_clip_frames is not None:
-        if first >= num_clip_frames:
-            raise WindowOutOfRange(
-                f"window [{t0:.3f}, {t1:.3f}) s of segment [{start_sec:.3f}, {end_sec:.3f}] s starts after the "
-                f"clip's last frame ({num_clip_frames} frames at {fps:g} fps = {num_clip_frames / fps:.3f} s)")
-        stop = min(stop, num_clip_frames)
-    return uniform_subsample(np.arange(first, stop), num_frames)
+    decoded = clip_frames_in(t0, t1, info=info, fps=fps, num_clip_frames=num_clip_frames)
+    if num_input_clips >= 2:  # LabeledVideoDataset: each clip to 64 frames before stacking
+        decoded = uniform_subsample(decoded, 64, linspace=linspace)
+    return uniform_subsample(decoded, num_frames, linspace=linspace)
 
 
 @dataclass(frozen=True)
@@ -135,6 +277,9 @@ class ClipInfo:
     rotation: int = 0  # counter-clockwise degrees in {0, 90, 180, 270} that make the coded frames upright
     variable_rate: bool = False  # timestamps do not round onto the 1/fps grid (only with probe_clip(allow_vfr=True))
     constant_spacing: bool = True  # timestamps exactly 1/fps apart (False: jitter, or variable_rate)
+    time_base: float = 0.0  # stream time base as a float (what pytorchvideo converts seconds with)
+    start_pts: int = 0  # stream start_time (0 when unset), pytorchvideo's offset
+    frame_pts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (num_frames,) pts of frame i
 
     @property
     def duration_sec(self) -> float:
@@ -250,9 +395,13 @@ def probe_clip(path: Path | str, *, allow_vfr: bool = False) -> ClipInfo:
     is_key = np.asarray(key, dtype=bool)[order]
     keyframes, first = np.unique(idx[order][is_key], return_index=True)
     keyframe_pts = pts_arr[order][is_key][first]
+    frame_pts = np.full(int(idx.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)  # a missing index never matches
+    frame_pts[idx[order]] = pts_arr[order]
+    frame_pts = np.minimum.accumulate(frame_pts[::-1])[::-1]  # non-decreasing, so searchsorted is valid
     return ClipInfo(str(path), num_frames=int(idx.max()) + 1, fps=fps, width=width, height=height,
                     keyframes=keyframes, keyframe_pts=keyframe_pts, rotation=rotation, variable_rate=grid is None,
-                    constant_spacing=constant_spacing)
+                    constant_spacing=constant_spacing, time_base=time_base,
+                    start_pts=int(start_time) if start_time is not None else 0, frame_pts=frame_pts)
 
 
 def plan_decode(needed: np.ndarray, keyframes: np.ndarray, *, seek_cost: int = SEEK_COST_FRAMES) -> list[tuple[int, int]]:
@@ -423,19 +572,22 @@ def decode_rows(path: Path | str, requests: list[WindowRequest], *, info: ClipIn
 
 def decode_window(path: Path | str, start_sec: float, end_sec: float, *, num_frames: int, sampling_rate: int,
                   target_fps: float = 30.0, position: float | str = "center",
-                  rng: np.random.Generator | None = None) -> np.ndarray:
+                  rng: np.random.Generator | None = None, num_input_clips: int = 1,
+                  linspace: str = "torch19") -> np.ndarray:
     """The (num_frames, H, W, 3) uint8 frames of one segment's window (fine-tuning / single-window use).
 
-    `position` is a float in [0, 1], "center" (0.5) or "random" (uniform start, the reference train
-    sampler, drawn from `rng`).
+    `position` is a float in [0, 1], "center" (0.5, the reference test window) or "random" (uniform
+    start, the reference train sampler, drawn from `rng`); `num_input_clips`, `linspace`: as
+    `window_frame_indices`.
     """
     if position == "center":
         position = 0.5
     elif position == "random":
         position = float((rng or np.random.default_rng()).uniform(0.0, 1.0))
     info = probe_clip(path)
-    ix = window_frame_indices(start_sec, end_sec, num_frames=num_frames, sampling_rate=sampling_rate, fps=info.fps,
-                              position=float(position), target_fps=target_fps, num_clip_frames=info.num_frames)
+    ix = window_frame_indices(start_sec, end_sec, num_frames=num_frames, sampling_rate=sampling_rate, info=info,
+                              position=float(position), target_fps=target_fps, num_input_clips=num_input_clips,
+                              linspace=linspace)
     frames = dict(decode_frames_all(path, ix, info=info))
     return np.stack([frames[int(f)] for f in ix])
 

@@ -47,24 +47,106 @@ def frame_ids(frames: np.ndarray) -> np.ndarray:
     return frames[..., 0, 0, 0].astype(np.int64) + 256 * frames[..., 0, 0, 1].astype(np.int64)
 
 
-def test_window_frame_indices_reference_sampling():
-    # 32 x 2 at 30 fps: a 2.133 s window = 64 native frames, subsampled as linspace(0, 63, 32).long()
-    ix = decode.window_frame_indices(10.0, 20.0, num_frames=32, sampling_rate=2, fps=30.0)
-    t0 = 10.0 + 0.5 * (10.0 - 64 / 30)
-    first = int(np.ceil(t0 * 30 - 1e-6))
-    assert ix[0] == first and ix[-1] == first + 63 and len(ix) == 32
-    assert np.array_equal(ix - first, np.linspace(0, 63, 32).astype(int))
-    # position 0 starts at the segment start; a short segment is covered from its start, past its end
-    assert decode.window_frame_indices(1.0, 1.5, num_frames=16, sampling_rate=4, fps=30.0, position=1.0)[0] == 30
-    assert decode.window_frame_indices(1.0, 1.5, num_frames=16, sampling_rate=4, fps=30.0, position=0.0)[-1] == 30 + 63
+def pytorchvideo_modules():
+    """pytorchvideo's PyAV video and its functional transforms (the reference's own decoding and sub-sampling).
+
+    pytorchvideo 0.1.5 imports `torchvision.transforms.functional_tensor`, which torchvision 0.17
+    renamed to `_functional_tensor`; the alias is the only shim (as in the e2e fixture's README).
+    """
+    import sys
+
+    import torchvision.transforms._functional_tensor as ft
+
+    sys.modules.setdefault("torchvision.transforms.functional_tensor", ft)
+    from pytorchvideo.data.encoded_video_pyav import EncodedVideoPyAV
+    from pytorchvideo.transforms import functional as ptv_f
+
+    return EncodedVideoPyAV, ptv_f
 
 
-def test_window_clip_end_policy():
-    # the window runs past the last frame: frames are spread over those that exist (as pytorchvideo)
-    ix = decode.window_frame_indices(2.9, 3.0, num_frames=8, sampling_rate=8, fps=30.0, num_clip_frames=100)
-    assert ix[0] == 87 and ix[-1] == 99 and np.all(np.diff(ix) >= 0)
-    with pytest.raises(decode.WindowOutOfRange, match="starts after the clip's last frame"):
-        decode.window_frame_indices(5.0, 6.0, num_frames=8, sampling_rate=8, fps=30.0, num_clip_frames=100)
+def ptv_clip_ids(path: Path, t0: float, t1: float) -> np.ndarray | None:
+    """Frame ids that pytorchvideo's PyAV decoder returns for get_clip(t0, t1) (None: no frame)."""
+    EncodedVideoPyAV, _ = pytorchvideo_modules()
+    with open(path, "rb") as f:
+        video = EncodedVideoPyAV(f, decode_audio=False)
+        clip = video.get_clip(t0, t1)["video"]
+        video.close()
+    if clip is None:
+        return None
+    return frame_ids(clip.permute(1, 2, 3, 0).numpy().astype(np.uint8))  # (C, T, H, W) -> (T, H, W, C)
+
+
+def reference_center_window(start: float, end: float, duration: float) -> tuple[float, float]:
+    """EGO4D/forecasting 38d1931: ForecastingClipSampler(CenterClipVideoSampler(duration)), transcribed."""
+    d = end - start
+    clip_start = d / 2 - duration / 2
+    return clip_start + start, (clip_start + duration) + start
+
+
+@pytest.mark.parametrize("fps", [30, 25])
+def test_window_frames_are_pytorchvideo_get_clip(tmp_path, fps):
+    # inside, before the clip (negative start), past its end, on frame timestamps, one frame, no frame
+    path = write_video(tmp_path / "a.mp4", 75, fps=fps, gop=8)
+    info = decode.probe_clip(path)
+    last = (info.num_frames - 1) / fps
+    cases = [(0.5, 1.2), (-0.7, 1.4), (-2.0, 0.01), (last - 0.3, last + 2.0), (1.0, 2.0), (2 / fps, 5 / fps),
+             (1 / fps + 1e-9, 2.5 / fps), (last, last + 0.5), (0.0, 1e-6)]
+    for t0, t1 in cases:
+        want = ptv_clip_ids(path, t0, t1)
+        assert want is not None and len(want), (t0, t1)
+        assert np.array_equal(decode.clip_frames_in(t0, t1, info=info), want), (t0, t1)
+    for t0, t1 in [(last + 0.5 / fps, last + 1.0), (-3.0, -1.0)]:  # no frame: pytorchvideo returns none
+        assert ptv_clip_ids(path, t0, t1) is None
+        with pytest.raises(decode.WindowOutOfRange, match="holds no frame"):
+            decode.clip_frames_in(t0, t1, info=info)
+
+
+@pytest.mark.parametrize("num_input_clips", [1, 2])
+def test_window_frame_indices_are_the_reference_loader(tmp_path, num_input_clips):
+    # pytorchvideo get_clip on the reference's centred window, then (N_in >= 2) uniform_temporal_subsample
+    # to 64 and UniformTemporalSubsample(T), all with the installed torch (linspace="torch")
+    _, ptv_f = pytorchvideo_modules()
+    import torch
+
+    path = write_video(tmp_path / "a.mp4", 120, fps=25, gop=10)
+    info = decode.probe_clip(path)
+    for start, end in [(1.0, 3.5), (0.0, 0.4), (2.0, 2.0), (4.3, 4.76), (0.2, 4.76)]:
+        for frames, rate in [(32, 2), (16, 4)]:
+            t0, t1 = reference_center_window(start, end, frames * rate / 30)
+            assert decode.window_bounds_sec(start, end, num_frames=frames, sampling_rate=rate) == (t0, t1)
+            ids = torch.from_numpy(ptv_clip_ids(path, t0, t1))
+            if num_input_clips >= 2:
+                ids = ptv_f.uniform_temporal_subsample(ids, 64, temporal_dim=0)
+            want = ptv_f.uniform_temporal_subsample(ids, frames, temporal_dim=0).numpy()
+            got = decode.window_frame_indices(start, end, num_frames=frames, sampling_rate=rate, info=info,
+                                              num_input_clips=num_input_clips, linspace="torch")
+            assert np.array_equal(got, want), (start, end, frames)
+
+
+@pytest.mark.parametrize("num_input_clips,frames", [(1, 32), (2, 32), (3, 32), (4, 32), (2, 16), (4, 16)])
+def test_slow_positions_are_the_folded_lta_pathway(num_input_clips, frames):
+    # the reference LTA loader: fold N_in clips on one time axis, UniformTemporalSubsampleRepeated((4, 1)), unfold
+    _, ptv_f = pytorchvideo_modules()
+    import torch
+
+    folded = torch.arange(num_input_clips * frames).reshape(1, -1, 1, 1).float()  # (C, N_in*T, H, W), value = position
+    slow, fast = ptv_f.uniform_temporal_subsample_repeated(folded, (4, 1), temporal_dim=-3)
+    slow = slow.reshape(num_input_clips, -1).long()  # unfolded per clip
+    want = [(slow[j] - j * frames).tolist() for j in range(num_input_clips)]
+    got = [p.tolist() for p in decode.slow_positions(frames, num_input_clips, linspace="torch")]
+    assert got == want
+
+
+def test_torch19_linspace_differs_from_torch2_only_by_rounding():
+    # the emulated torch 1.9 kernel and the installed torch agree to a few float32 ulps for every n
+    import torch
+
+    for n in range(1, 300):
+        for steps in (8, 16, 32, 64):
+            a = decode.linspace_f32(0, n - 1, steps)
+            b = torch.linspace(0, n - 1, steps).numpy()
+            assert np.abs(a - b).max() <= 4 * np.spacing(np.float32(max(n, 1))), (n, steps)
+            assert a[0] == 0 and a[-1] == n - 1
 
 
 def test_views_are_nested_and_centre_first():
@@ -80,10 +162,13 @@ def test_probe_and_exact_frames(tmp_path):
     info = decode.probe_clip(path)
     assert (info.num_frames, info.fps, info.width, info.height) == (90, 30.0, 64, 48)
     assert np.array_equal(info.keyframes, np.arange(0, 90, 10))
-    frames = decode.decode_window(path, 0.5, 2.5, num_frames=8, sampling_rate=4, position="center")
-    expect = decode.window_frame_indices(0.5, 2.5, num_frames=8, sampling_rate=4, fps=30.0, num_clip_frames=90)
+    frames = decode.decode_window(path, 0.5, 2.5, num_frames=8, sampling_rate=4, position="center", linspace="torch")
+    _, ptv_f = pytorchvideo_modules()
+    import torch
+
+    ids = torch.from_numpy(ptv_clip_ids(path, *reference_center_window(0.5, 2.5, 8 * 4 / 30)))
     assert frames.shape == (8, 48, 64, 3)
-    assert np.array_equal(frame_ids(frames), expect)
+    assert np.array_equal(frame_ids(frames), ptv_f.uniform_temporal_subsample(ids, 8, temporal_dim=0).numpy())
 
 
 @pytest.mark.parametrize("gop", [1, 12, 300])
