@@ -22,6 +22,7 @@ class TrainHeadsConfig:
     convention: str = opt("plus_one", "val/test window range: plus_one (superset) or challenge")
     max_val_windows: int = opt(0, "score per-epoch val on a random subset (0 = all)")
     resume: bool = opt(False, "continue from <out>/checkpoints/last.pt")
+    overwrite: bool = opt(False, "replace a run already in <out> (without it or resume=true that is an error)")
     head: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "model: modalities, aggregator, decoder"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation and evaluation"})
 
@@ -29,8 +30,9 @@ class TrainHeadsConfig:
 def train_from_config(cfg: TrainHeadsConfig) -> dict:
     """Load features and windows as `cfg` says, train, and return the run's metrics."""
     from train_heads.inputs import fill_model_dims, load_bank, resolve_feature_keys, split_windows, subset_windows
-    from train_heads.train import train
+    from train_heads.train import prepare_run_dir, train
 
+    prepare_run_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)  # before any data is loaded
     keys = resolve_feature_keys(cfg.store, [m.name for m in cfg.head.modalities], cfg.features)
     log.info("features: %s", keys)
     bank = load_bank(cfg.store, keys, splits=["train", "val"])
@@ -44,7 +46,7 @@ def train_from_config(cfg: TrainHeadsConfig) -> dict:
     fill_model_dims(cfg.head, bank, num_verbs=tax.num_verbs, num_nouns=tax.num_nouns)
     cfg.features = list(keys.values())
     return train(cfg.head, cfg.train, train_windows=train_win, val_windows=val_win, bank=bank, run_dir=cfg.out,
-                 full_cfg=cfg, resume=cfg.resume)
+                 full_cfg=cfg, resume=cfg.resume, overwrite=cfg.overwrite)
 
 
 def _run(cfg: TrainHeadsConfig) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,10 +33,18 @@ class SplitForecast:
     observed_noun: np.ndarray | None
 
 
+class Abandoned(Exception):
+    """`forecast_split` stopped early because its `stop()` returned true (SIGTERM / SIGINT during validation)."""
+
+
 @torch.no_grad()
 def forecast_split(model: torch.nn.Module, data: DeviceWindows, bank: FeatureBank, *, generators: dict[str, Any],
-                   k: int = 5, seed: int = 0, batch_size: int = 512, amp: bool = True) -> SplitForecast:
+                   k: int = 5, seed: int = 0, batch_size: int = 512, amp: bool = True,
+                   stop: Callable[[], bool] | None = None, progress: bool | None = None) -> SplitForecast:
     """K sequences per window for each generator (view 0, eval mode, seeded draws).
+
+    `stop()` is checked before every batch (raises `Abandoned`); `progress` shows a tqdm bar over the batches
+    (None: only on a TTY, False: never).
 
     A per-position-logits model runs once per batch and every generator reads its logits; an autoregressive
     model's decoder runs inside each generator (`AutoregressiveSource`: ancestral sampling / beams over the
@@ -52,7 +60,16 @@ def forecast_split(model: torch.nn.Module, data: DeviceWindows, bank: FeatureBan
         if getattr(gen, "requires_autoregressive", False) and not autoregressive:
             raise ValueError(f"generator {name!r} needs an autoregressive decoder; this model's decoder emits "
                              f"per-position logits (use sample, greedy+sample, mbr or mbr_set)")
+    from tqdm import tqdm
+
+    bar = tqdm(total=-(-len(data) // batch_size), unit="batch", desc="forecast", leave=False,
+               disable=None if progress is None else not progress)
     for batch in iterate_batches(data, bank, batch_size=batch_size, train=False):
+        if stop is not None and stop():
+            bar.close()
+            model.train(was_training)
+            raise Abandoned("forecast_split: stop requested")
+        bar.update()
         with autocast(data.device, amp):
             if autoregressive:  # the decoder runs inside the generators (ancestral sampling, beams)
                 fused, tokens, pooled = model.context(batch.inputs)
@@ -66,6 +83,7 @@ def forecast_split(model: torch.nn.Module, data: DeviceWindows, bank: FeatureBan
         if "obs_verb" in out:
             obs_v.append(out["obs_verb"].argmax(-1).cpu().numpy())
             obs_n.append(out["obs_noun"].argmax(-1).cpu().numpy())
+    bar.close()
     model.train(was_training)
     z = data.future_verb.shape[1]
     empty = np.zeros((0, k, z), dtype=np.int64)

@@ -121,6 +121,13 @@ def read_metrics(run_dir: str | Path, name: str = METRICS_FILE) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def update_metrics(run_dir: str | Path, values: dict) -> None:
+    """Merge `values` into `metrics.json` (atomically), without touching the checkpoints."""
+    merged = read_metrics(run_dir)
+    merged.update(values)
+    _atomic_write_text(Path(run_dir) / METRICS_FILE, json.dumps(merged, indent=1) + "\n")
+
+
 @dataclass
 class Run:
     run_dir: Path

@@ -9,23 +9,27 @@ AdamW, label smoothing, bf16 AMP on CUDA. After every epoch: val ED@Z with the s
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from features.errors import UsageError
+from features.interrupt import Interrupted, StopFlag, current, stop_on_signals
 from train_heads.data import DeviceWindows, FeatureBank, SplitWindows, iterate_batches
-from train_heads.evaluate import autocast, forecast_split, score_sequences
+from train_heads.evaluate import Abandoned, autocast, forecast_split, score_sequences
 from train_heads.generators import create_generator
 from train_heads.model import ModelConfig, build_model
-from train_heads.run import checkpoint_path, load_checkpoint, save_run
+from train_heads.run import CONFIG_FILE, METRICS_FILE, checkpoint_path, load_checkpoint, read_metrics, save_run, update_metrics
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +109,12 @@ def recognition_loss(out: dict[str, torch.Tensor], observed_verb: torch.Tensor, 
     return ce(out["obs_verb"], observed_verb) + ce(out["obs_noun"], observed_noun)
 
 
-def validate(model: nn.Module, val: DeviceWindows, bank: FeatureBank, cfg: TrainConfig, *, epoch: int) -> dict[str, Any]:
-    """Val ED@Z metrics of the val generator (seeded by `seed`, the same draws every epoch)."""
+def validate(model: nn.Module, val: DeviceWindows, bank: FeatureBank, cfg: TrainConfig, *, epoch: int,
+             stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Val ED@Z metrics of the val generator (seeded by `seed`, the same draws every epoch); `stop`: see forecast_split."""
     gen = create_generator(cfg.val_generator)
     fc = forecast_split(model, val, bank, generators={cfg.val_generator: gen}, k=cfg.num_sequences, seed=cfg.seed,
-                        batch_size=cfg.eval_batch_size, amp=cfg.amp)
+                        batch_size=cfg.eval_batch_size, amp=cfg.amp, stop=stop, progress=False)
     verb, noun = fc.sequences[cfg.val_generator]
     return score_sequences(f"model.{cfg.val_generator}", verb, noun, val.windows.future_verb, val.windows.future_noun,
                            num_nouns=model.num_nouns)
@@ -132,24 +137,160 @@ def fit_input_norms(model: nn.Module, bank: FeatureBank, windows: SplitWindows, 
         log.info("input norm %s (%s) fitted on %d training rows", name, norm.mode, len(rows))
 
 
+class RunDirError(UsageError):
+    """The run dir does not fit the request: an existing run without resume/overwrite, or a changed config."""
+
+
+# keys that may differ between a run's config.yaml and a resume: paths, and knobs that do not change the result
+RESUME_IGNORED_KEYS = ("resume", "overwrite", "out", "data", "store", "train.device", "train.log_every",
+                       "train.eval_batch_size")
+# what train-heads writes into a run dir (plus `lta evaluate` outputs of the model), removed by overwrite=true
+RUN_OUTPUTS = ("checkpoints", "tensorboard", METRICS_FILE, "train.log", "metrics_*.json", "ed_curve_*.png")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = ((str(i), v) for i, v in enumerate(tree))
+    else:
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    if not out and prefix:
+        out[prefix] = tree  # an empty list / dict is a value of its own
+    return out
+
+
+def config_differences(saved: dict, new: dict, ignore: tuple[str, ...] = RESUME_IGNORED_KEYS) -> list[str]:
+    """`key (saved -> new)` for every flattened key whose value differs, minus `ignore` (and keys under them)."""
+    a, b = _flatten(saved), _flatten(new)
+    skip = lambda key: any(key == i or key.startswith(i + ".") for i in ignore)  # noqa: E731
+    missing = object()
+    return [f"{key} ({a.get(key, '<absent>')} -> {b.get(key, '<absent>')})"
+            for key in sorted(set(a) | set(b)) if not skip(key) and a.get(key, missing) != b.get(key, missing)]
+
+
+def describe_run(run_dir: Path) -> str:
+    """`finished run (30/30 epochs, ...)` or `unfinished run (...)` from metrics.json."""
+    m = read_metrics(run_dir)
+    epochs = len(m.get("history", []))
+    best = f", best {m['select_metric']} {m['best']:.4f} at epoch {m['best_epoch']}" if m.get("history") else ""
+    return f"{'finished' if m.get('finished') else 'unfinished'} run ({epochs} epochs done{best})"
+
+
+def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to overwrite a trained run unless `overwrite`; with `overwrite`, remove its outputs first.
+
+    Raises:
+        RunDirError: `run_dir` holds a checkpoint or metrics and neither `resume` nor `overwrite` is set, or both are.
+    """
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise RunDirError("resume=true and overwrite=true contradict each other: pass one of them")
+    exists = checkpoint_path(run_dir, "last").is_file() or (run_dir / METRICS_FILE).is_file()
+    if not exists or resume:
+        return
+    if not overwrite:
+        raise RunDirError(f"{run_dir} already holds a {describe_run(run_dir)}; pass resume=true to continue it, "
+                          f"overwrite=true to replace it, or another out=DIR")
+    log.warning("overwrite=true: removing the %s in %s", describe_run(run_dir), run_dir)
+    for pattern in RUN_OUTPUTS:
+        for path in sorted(run_dir.glob(pattern)):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def check_resume_config(run_dir: Path, full_cfg: Any) -> None:
+    """RunDirError naming every key in which `full_cfg` differs from the run's saved config (one line)."""
+    from omegaconf import OmegaConf
+
+    from train_heads.run import _plain
+
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    diff = config_differences(saved, _plain(full_cfg))
+    if diff:
+        raise RunDirError(f"resume=true: this config differs from {path} in {len(diff)} key(s): {'; '.join(diff)}. "
+                          f"Resume with the run's config, or train into another out=DIR (or overwrite=true)")
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path):
+    """Also write INFO log records to `path` (appended, so a resumed run keeps one log)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+def write_hparams(writer: Any, full_cfg: Any, metric_tag: str) -> None:
+    """The flattened config as TensorBoard hparams (HPARAMS tab), with `metric_tag` as its metric."""
+    from torch.utils.tensorboard.summary import hparams
+
+    from train_heads.run import _plain
+
+    flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flatten(_plain(full_cfg)).items()}
+    for summary in hparams(flat, {metric_tag: 0.0}):
+        writer.file_writer.add_summary(summary)
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindows, val_windows: SplitWindows,
-          bank: FeatureBank, run_dir: str | Path, full_cfg: Any, resume: bool = False,
-          stop_after_epochs: int | None = None) -> dict[str, Any]:
-    """Train a head, writing checkpoints, metrics and TensorBoard logs to `run_dir`.
+          bank: FeatureBank, run_dir: str | Path, full_cfg: Any, resume: bool = False, overwrite: bool = False,
+          stop_after_epochs: int | None = None, stop: StopFlag | None = None) -> dict[str, Any]:
+    """Train a head, writing checkpoints, metrics, `train.log` and TensorBoard logs to `run_dir`.
 
     Args:
         model_cfg: the head (in_dim, num_verbs, ... already filled in).
         full_cfg: the resolved command config saved in the run dir (its `head` equals `model_cfg`).
-        resume: continue from `run_dir/checkpoints/last.pt` (same config).
+        resume: continue from `run_dir/checkpoints/last.pt` (same config, else RunDirError naming the keys).
+        overwrite: replace a run already in `run_dir` (without it, and without `resume`, that is a RunDirError).
         stop_after_epochs: stop after this many epochs in this call (tests simulate an interruption).
+        stop: the `features.interrupt` flag to poll; default: the active one, else one installed for this call.
+            On SIGINT / SIGTERM the current step finishes (a validation in progress is abandoned), `last.pt`
+            records what completed, even mid-epoch, then `Interrupted` (exit 75) is raised naming the resume
+            command; a resume continues bit-exactly.
 
     Returns:
-        The metrics dict also written to `metrics.json` (history, best epoch, best val metrics).
+        The metrics dict also written to `metrics.json` (history, best epoch, best val metrics, `finished`).
     """
+    with contextlib.ExitStack() as stack:
+        stop = stop or current()
+        if stop is None:
+            stop = stack.enter_context(stop_on_signals("train-heads", message="finishing the current step, then "
+                                                                             "saving a resumable checkpoint"))
+        run_dir = Path(run_dir)
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        stack.enter_context(log_to_file(run_dir / "train.log"))
+        return _train(model_cfg, cfg, train_windows=train_windows, val_windows=val_windows, bank=bank, run_dir=run_dir,
+                      full_cfg=full_cfg, resume=resume, stop_after_epochs=stop_after_epochs, stop=stop)
+
+
+def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindows, val_windows: SplitWindows,
+           bank: FeatureBank, run_dir: Path, full_cfg: Any, resume: bool, stop_after_epochs: int | None,
+           stop: StopFlag) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     device = resolve_device(cfg.device)
-    run_dir = Path(run_dir)
     for stale in sorted((run_dir / "checkpoints").glob("*.pt.tmp")):  # left by a process killed mid-write
         log.warning("removing %s, a partial checkpoint of an interrupted run", stale)
         stale.unlink()
@@ -172,8 +313,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindo
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total_steps))
     select = f"model.{cfg.val_generator}.{cfg.select_metric}"
-    state = {"epoch": 0, "global_step": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
-    if resume and checkpoint_path(run_dir, "last").is_file():
+    # step_in_epoch > 0: last.pt was written mid-epoch (a signal); rng_data is then the epoch's starting state
+    state = {"epoch": 0, "global_step": 0, "step_in_epoch": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0,
+             "history": []}
+    epoch_loss, epoch_train_sec = torch.zeros((), device=device), 0.0
+    resuming = resume and checkpoint_path(run_dir, "last").is_file()
+    if resuming:
+        check_resume_config(run_dir, full_cfg)
         ckpt = load_checkpoint(run_dir, "last", map_location=str(device))
         model.load_state_dict(ckpt["model"], strict=True)
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -182,77 +328,151 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindo
         data_rng.set_state(ckpt["rng_data"])
         if device.type == "cuda" and "rng_cuda" in ckpt:
             torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-        state = dict(ckpt["train_state"])
-        log.info("resumed from %s at epoch %d (step %d)", checkpoint_path(run_dir, "last"), state["epoch"], state["global_step"])
+        state.update(ckpt["train_state"])
+        if state["step_in_epoch"]:
+            epoch_loss, epoch_train_sec = ckpt["epoch_loss"].to(device), float(ckpt["epoch_train_sec"])
+        log.info("resumed from %s at epoch %d, step %d (%d of the epoch's %d steps done)", checkpoint_path(run_dir, "last"),
+                 state["epoch"], state["global_step"], state["step_in_epoch"], steps_per_epoch)
     log.info("training %s: %d train / %d val windows, %d steps/epoch, %d epochs, %.2fM parameters, device %s",
              run_dir.name, len(train_data), len(val_data), steps_per_epoch, cfg.epochs,
              sum(p.numel() for p in model.parameters()) / 1e6, device)
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
-    epochs_this_call = 0
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < (cfg.patience or math.inf):
-        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
-            break
-        model.train()
-        t0, t_log, loss_sum, loss_n = time.perf_counter(), time.perf_counter(), torch.zeros((), device=device), 0
-        for batch in iterate_batches(train_data, bank, batch_size=cfg.batch_size, train=True, rng=data_rng,
-                                    drop_last=cfg.drop_last):
-            with autocast(device, cfg.amp):
-                # autoregressive decoders read the true future (teacher forcing); the others ignore it
-                out = model(batch.inputs, future={"verb": batch.future_verb, "noun": batch.future_noun})
-                loss = forecast_loss(out, batch.future_verb, batch.future_noun, label_smoothing=cfg.label_smoothing)
-                if "obs_verb" in out and cfg.recognition_weight:
-                    loss = loss + cfg.recognition_weight * recognition_loss(
-                        out, batch.observed_verb, batch.observed_noun, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            state["global_step"] += 1
-            loss_sum += loss.detach()
-            loss_n += 1
-            if state["global_step"] % cfg.log_every == 0:
-                mean_loss = loss_sum.item() / loss_n
-                ms = (time.perf_counter() - t_log) * 1000 / loss_n
-                log.info("step %d | epoch %d | loss %.3f | lr %.2e | %.1f ms/step", state["global_step"], state["epoch"],
-                         mean_loss, scheduler.get_last_lr()[0], ms)
-                writer.add_scalar("train/loss", mean_loss, state["global_step"])
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state["global_step"])
-                loss_sum, loss_n, t_log = torch.zeros((), device=device), 0, time.perf_counter()
-        train_sec = time.perf_counter() - t0
-        val = validate(model, val_data, bank, cfg, epoch=state["epoch"])
-        state["epoch"] += 1
-        score = val[select]
-        improved = score < state["best"]
-        if improved:
-            state["best"], state["best_epoch"], state["bad_epochs"] = score, state["epoch"], 0
-        else:
-            state["bad_epochs"] += 1
-        summary = {k: v for k, v in val.items() if not k.endswith("_curve")}
-        state["history"].append({"epoch": state["epoch"], "step": state["global_step"], "train_sec": round(train_sec, 3),
-                                 "windows_per_sec": round(len(train_data) / max(train_sec, 1e-9), 1), **summary})
-        for name, value in summary.items():
-            writer.add_scalar(f"val/{name}", value, state["epoch"])
-        for what in ("verb", "noun", "action"):
-            for z, v in enumerate(val[f"model.{cfg.val_generator}.{what}_ed_curve"], start=1):
-                writer.add_scalar(f"val_ed_curve/{what}_ed@{z}", v, state["epoch"])
-        log.info("epoch %d | val verb ED@Z %.4f | noun %.4f | action %.4f | best %s %.4f (epoch %d) | %.1f s",
-                 state["epoch"], val[f"model.{cfg.val_generator}.verb_ed"], val[f"model.{cfg.val_generator}.noun_ed"],
-                 val[f"model.{cfg.val_generator}.action_ed"], cfg.select_metric, state["best"], state["best_epoch"], train_sec)
-        metrics = {"select_metric": select, "best_epoch": state["best_epoch"], "best": state["best"],
-                   "history": state["history"], "num_train_windows": len(train_data), "num_val_windows": len(val_data)}
-        if improved:
-            metrics["best_val"] = val
-            save_run(run_dir, model, full_cfg, bank.cache_keys, metrics=metrics, checkpoint="best",
-                     extra_state={"epoch": state["epoch"]})
-        extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng_torch": torch.get_rng_state(), "rng_data": data_rng.get_state(), "train_state": dict(state)}
+    # one x-axis for every scalar: the global step; purge_step drops events a killed run logged past its checkpoint
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state["global_step"] if resuming else None)
+    if not resuming:
+        write_hparams(writer, full_cfg, f"val/{select}")
+
+    def save_last(rng_data: torch.Tensor, metrics: dict, **more) -> None:
+        extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(),
+                 "rng_data": rng_data, "train_state": dict(state), "metrics": metrics, **more}
         if device.type == "cuda":
             extra["rng_cuda"] = torch.cuda.get_rng_state(device)
-        save_run(run_dir, model, full_cfg, bank.cache_keys, metrics=metrics, checkpoint="last", extra_state=extra)
-        epochs_this_call += 1
-    writer.close()
-    if state["bad_epochs"] >= (cfg.patience or math.inf):
-        log.info("early stop after epoch %d: no val improvement for %d epochs", state["epoch"], cfg.patience)
-    from train_heads.run import read_metrics
+        save_run(run_dir, model, full_cfg, bank.cache_keys, metrics=None, checkpoint="last", extra_state=extra)
 
+    def run_metrics() -> dict:
+        return {"select_metric": select, "best_epoch": state["best_epoch"], "best": state["best"], "finished": False,
+                "history": state["history"], "num_train_windows": len(train_data), "num_val_windows": len(val_data)}
+
+    interrupted, epochs_this_call, call_t0 = None, 0, time.perf_counter()
+    bars = contextlib.ExitStack()
+    epoch_bar = bars.enter_context(tqdm(total=cfg.epochs, initial=state["epoch"], unit="epoch", desc=run_dir.name,
+                                        disable=None, dynamic_ncols=True))
+    if not epoch_bar.disable:
+        bars.enter_context(logging_redirect_tqdm())
+    with bars:
+        while state["epoch"] < cfg.epochs and state["bad_epochs"] < (cfg.patience or math.inf):
+            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+                break
+            if stop.requested:  # between epochs: last.pt (if any) already describes exactly this state
+                interrupted = stop.signal_name
+                break
+            model.train()
+            epoch_rng = data_rng.get_state()
+            done_before = state["step_in_epoch"]
+            t0 = t_log = time.perf_counter()
+            log_sum, log_n = torch.zeros((), device=device), 0
+            step_bar = tqdm(total=steps_per_epoch, initial=done_before, unit="step", desc=f"epoch {state['epoch'] + 1}",
+                            leave=False, disable=None, dynamic_ncols=True)
+            for i, batch in enumerate(iterate_batches(train_data, bank, batch_size=cfg.batch_size, train=True, rng=data_rng,
+                                                        drop_last=cfg.drop_last)):
+                if i < done_before:  # resumed mid-epoch: replay the epoch's draws up to where it stopped
+                    continue
+                if stop.requested:
+                    break
+                with autocast(device, cfg.amp):
+                    # autoregressive decoders read the true future (teacher forcing); the others ignore it
+                    out = model(batch.inputs, future={"verb": batch.future_verb, "noun": batch.future_noun})
+                    loss = forecast_loss(out, batch.future_verb, batch.future_noun, label_smoothing=cfg.label_smoothing)
+                    if "obs_verb" in out and cfg.recognition_weight:
+                        loss = loss + cfg.recognition_weight * recognition_loss(
+                            out, batch.observed_verb, batch.observed_noun, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                state["global_step"] += 1
+                state["step_in_epoch"] += 1
+                loss = loss.detach()
+                log_sum += loss
+                epoch_loss += loss
+                log_n += 1
+                step_bar.update()
+                if state["global_step"] % cfg.log_every == 0:
+                    mean_loss = log_sum.item() / log_n
+                    ms = (time.perf_counter() - t_log) * 1000 / log_n
+                    lr = scheduler.get_last_lr()[0]
+                    log.info("step %d | epoch %d | loss %.3f | lr %.2e | %.1f ms/step", state["global_step"],
+                              state["epoch"] + 1, mean_loss, lr, ms)
+                    step_bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.1e}", refresh=False)
+                    writer.add_scalar("train/loss", mean_loss, state["global_step"])
+                    writer.add_scalar("train/lr", lr, state["global_step"])
+                    log_sum, log_n, t_log = torch.zeros((), device=device), 0, time.perf_counter()
+            step_bar.close()
+            epoch_train_sec += time.perf_counter() - t0
+            val = None
+            if not stop.requested:
+                t_val = time.perf_counter()
+                try:
+                    val = validate(model, val_data, bank, cfg, epoch=state["epoch"], stop=lambda: stop.requested)
+                except Abandoned:
+                    pass
+                val_sec = time.perf_counter() - t_val
+            if val is None:  # a signal: keep what the epoch completed (mid-epoch, or all steps but no validation)
+                interrupted = stop.signal_name
+                save_last(epoch_rng, run_metrics(), epoch_loss=epoch_loss, epoch_train_sec=epoch_train_sec)
+                log.warning("%s: stopped at epoch %d, step %d (%d of %d steps of the epoch done); wrote %s",
+                            interrupted, state["epoch"] + 1, state["global_step"], state["step_in_epoch"], steps_per_epoch,
+                            checkpoint_path(run_dir, "last"))
+                break
+            train_loss = epoch_loss.item() / max(1, state["step_in_epoch"])
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+            score = val[select]
+            improved = score < state["best"]
+            if improved:
+                state["best"], state["best_epoch"], state["bad_epochs"] = score, state["epoch"], 0
+            else:
+                state["bad_epochs"] += 1
+            lr = scheduler.get_last_lr()[0]
+            summary = {k: v for k, v in val.items() if not k.endswith("_curve")}
+            state["history"].append({"epoch": state["epoch"], "step": state["global_step"], "train_loss": train_loss,
+                                     "lr": lr, "train_sec": round(epoch_train_sec, 3),
+                                     "windows_per_sec": round(len(train_data) / max(epoch_train_sec, 1e-9), 1), **summary})
+            step = state["global_step"]
+            writer.add_scalar("train/epoch_loss", train_loss, step)
+            for name, value in summary.items():
+                writer.add_scalar(f"val/{name}", value, step)
+            for what in ("verb", "noun", "action"):
+                for z, v in enumerate(val[f"model.{cfg.val_generator}.{what}_ed_curve"], start=1):
+                    writer.add_scalar(f"val_ed_curve/{what}_ed@{z}", v, step)
+            writer.flush()
+            epochs_this_call += 1
+            epoch_bar.update()
+            eta = (time.perf_counter() - call_t0) / epochs_this_call * (cfg.epochs - state["epoch"])
+            g = f"model.{cfg.val_generator}"
+            log.info("epoch %d/%d | train loss %.4f | lr %.2e | val ED@Z verb %.4f noun %.4f action %.4f | best %s %.4f "
+                     "(epoch %d) | %.1f s train + %.1f s val | ETA %s", state["epoch"], cfg.epochs, train_loss, lr,
+                     val[f"{g}.verb_ed"], val[f"{g}.noun_ed"], val[f"{g}.action_ed"], cfg.select_metric, state["best"],
+                     state["best_epoch"], epoch_train_sec, val_sec, _format_eta(eta))
+            metrics = run_metrics()
+            if improved:
+                metrics["best_val"] = val
+                save_run(run_dir, model, full_cfg, bank.cache_keys, metrics=metrics, checkpoint="best",
+                         extra_state={"epoch": state["epoch"]})
+            save_last(data_rng.get_state(), metrics)
+            update_metrics(run_dir, metrics)
+            epoch_loss, epoch_train_sec = torch.zeros((), device=device), 0.0
+    writer.close()
+    early_stop = state["bad_epochs"] >= (cfg.patience or math.inf)
+    if interrupted is None and (state["epoch"] >= cfg.epochs or early_stop):
+        if early_stop:
+            log.info("early stop after epoch %d: no val improvement for %d epochs", state["epoch"], cfg.patience)
+        update_metrics(run_dir, {"finished": True})
+    if interrupted is not None:
+        hint = f"lta train-heads config={run_dir / CONFIG_FILE} resume=true"
+        where = (f"after epoch {state['epoch']}" if not state["step_in_epoch"] else
+                 f"in epoch {state['epoch'] + 1} at step {state['global_step']} ({state['step_in_epoch']} of its "
+                 f"{steps_per_epoch} steps done)")
+        saved = "progress saved" if checkpoint_path(run_dir, "last").is_file() else "nothing to save yet"
+        raise Interrupted(f"train-heads stopped by {interrupted} {where}, {saved}; resume with: {hint}",
+                          signal_name=interrupted)
     return read_metrics(run_dir)
