@@ -123,3 +123,36 @@ def check_run_dir(key: str, run: str | Path, checkpoint: str | None = "best") ->
             raise UsageError(f"checkpoint={checkpoint}: no {run_dir / CHECKPOINT_DIR / (checkpoint + '.pt')}"
                              f"{did_you_mean(checkpoint, names)}; checkpoints in the run: {names}")
     return run_dir
+
+
+def check_registry(key: str, value: str, registry) -> str:
+    """`value` must be registered in `registry` (a `train_heads.registry.Registry`)."""
+    return check_choice(key, value, registry.names(), registry.kind)
+
+
+def check_kwargs(key: str, kwargs: dict, constructor, *, filled: Sequence[str] = ()) -> dict:
+    """Every key of `kwargs` must be a keyword of `constructor` (a class or function); `filled` ones are set by the code."""
+    import inspect
+
+    target = constructor.__init__ if isinstance(constructor, type) else constructor
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    valid = [n for n, p in params.items() if n not in ("self", *filled)
+             and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for name in kwargs:
+        if name in filled:
+            raise UsageError(f"{key}.{name}: set by the code from the data, not configurable; valid: {sorted(valid)}")
+        if name not in valid:
+            raise UsageError(f"{key}.{name}: unknown option of {getattr(constructor, '__name__', constructor)}"
+                             f"{did_you_mean(name, valid)}; valid: {sorted(valid)}")
+    return kwargs
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> `cuda` when CUDA is available, else `cpu`; any other (checked) name as it is."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

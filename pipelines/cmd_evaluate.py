@@ -22,20 +22,27 @@ class EvaluateConfig:
     generators: list[str] = opt(["sample", "greedy+sample", "mbr", "mbr_set"], "generation strategies to score")
     temperature: float = opt(1.0, "sampling temperature for every generator")
     mbr_samples: int = opt(64, "draws per window for the mbr generators")
-    baselines: list[str] = opt(["frequency_prior", "markov", "knn_retrieval"], "no-training baselines to score")
+    baselines: list[str] = opt(["frequency_prior", "markov", "knn_retrieval"],
+                               "no-training baselines to score (markov also gives markov_knn and markov_oracle)")
     data: str = opt("", "dataset root (default: the run's)")
     store: str = opt("", "feature store root (default: the run's)")
-    device: str = opt("cpu", "device for the model")
+    device: str = opt("auto", "device for the model: auto (cuda if available), cpu, cuda, cuda:N")
     seed: int = opt(0, "seed of the sampled sequences")
 
 
 def _run(cfg: EvaluateConfig) -> int:
     from train_heads.baselines import TrainingSet
-    from train_heads.evaluate import evaluate_split, plot_ed_curves
-    from train_heads.generators import create_generators
+    from pipelines.checks import check_choices
+    from train_heads.evaluate import evaluate_split, evaluation_baselines, plot_ed_curves
+    from train_heads.generators import create_generators, list_generators
     from train_heads.inputs import load_bank, split_windows
     from train_heads.run import load_run, run_roots
 
+    device = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
+    check_choices("generators", cfg.generators, list_generators(), "generator")
+    if cfg.baselines:
+        check_choices("baselines", cfg.baselines, evaluation_baselines(), "baseline")
+    cfg.device = device
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     try:
         data, store = run_roots(run, data=cfg.data, store=cfg.store)
@@ -55,6 +62,9 @@ def _run(cfg: EvaluateConfig) -> int:
     metrics = evaluate_split(run.model, train_set=train_set, windows=win, bank=bank, generators=generators,
                              baselines=cfg.baselines, k=run.num_sequences, seed=cfg.seed,
                              device=cfg.device)
+    # the generator with the lowest action ED: `lta predict` uses it by default when this is the val split
+    metrics["selected_generator"] = min(cfg.generators, key=lambda g: (metrics[f"model.{g}.action_ed"],
+                                                                        cfg.generators.index(g)))
     metrics.update({"run": str(run.run_dir), "split": cfg.split, "checkpoint": cfg.checkpoint,
                     "cache_keys": run.cache_keys})
     out = Path(cfg.run) / f"metrics_{cfg.split}.json"
@@ -66,6 +76,21 @@ def _run(cfg: EvaluateConfig) -> int:
         print(f"{name:<28} {metrics[name + '.verb_ed']:>8.4f} {metrics[name + '.noun_ed']:>8.4f} {action:>9.4f}")
     print(f"wrote {out}")
     return 0
+
+
+def check_inputs(run: str, checkpoint: str, split: str, device: str, data: str = "", store: str = "",
+                 splits: Sequence[str] = ("train",)) -> str:
+    """The run dir, checkpoint, split, device and the run's data / store roots, checked before anything
+    is loaded (UsageError, one line); returns the device to use (`auto` resolved)."""
+    from pipelines.checks import check_data_root, check_device, check_run_dir, check_split, check_store_root, resolve_device
+    from train_heads.run import read_run_config, recorded_roots
+
+    check_split("split", split)
+    run_dir = check_run_dir("run", run, checkpoint)
+    data, store = recorded_roots(run_dir, read_run_config(run_dir), data=data, store=store)
+    check_data_root("data", data, [*splits, split])
+    check_store_root("store", store)
+    return resolve_device(check_device("device", device))
 
 
 def main(argv: Sequence[str]) -> int:

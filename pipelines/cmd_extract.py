@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from pipelines.common import run_command
+from pipelines.common import UsageError, run_command
 from pipelines.config import opt, to_yaml
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,22 @@ def _validate(cfg: ExtractConfig) -> None:
         ValueError: a bad shard or weights value.
         AnnotationError: a malformed annotation file (naming the file and the record).
     """
+    from extract.extractors import list_extractors
     from features.annotations import load_split
+    from pipelines.checks import check_choice, check_data_root, check_device, check_split, did_you_mean
 
+    for split in cfg.splits:
+        check_split("splits", split)
+    check_data_root("data", cfg.data, cfg.splits)
+    known = list_extractors()
+    if not cfg.extractors:
+        raise UsageError(f"extractors=[]: give at least one extractor; valid: {known}")
+    for name in cfg.extractors:  # open_clip names and fine-tuned runs are checked when built
+        if name not in known and not (name.startswith("clip_") and "." in name) and cfg.weights in ("default", "random"):
+            raise UsageError(f"extractors: unknown extractor {name!r}{did_you_mean(name, known)}; valid: {known}, "
+                             f"clip_<open_clip arch>.<tag>, or <arch>.<run name> with weights=RUN_DIR")
+    check_device("device", cfg.device, allow_auto=False)
+    check_choice("dtype", cfg.dtype, ["float16", "float32"], "dtype")
     parse_shard(cfg.shard)
     parse_weights(cfg.weights, cfg.extractors)
     for split in cfg.splits:
@@ -138,8 +152,8 @@ def _run(cfg: ExtractConfig) -> int:
 
     try:
         _validate(cfg)
-    except AnnotationError:
-        raise  # the message names the file and the record; nothing was written
+    except (AnnotationError, UsageError):
+        raise  # the message names the file / key and the record; nothing was written
     except ValueError as err:
         log.error("%s", err)
         return 2

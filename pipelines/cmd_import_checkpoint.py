@@ -84,8 +84,8 @@ def _run(cfg: ImportCheckpointConfig) -> int:
     full_cfg = {
         "head": info.model_cfg,
         "imported_from": {"ckpt": str(ckpt_path.resolve()), "config": describe(ckpt)},
-        "store": cfg.store,
-        "data": cfg.data,  # "" (not given): evaluate / predict then need data=DIR
+        "store": str(Path(cfg.store).resolve()),  # absolute: the run dir works from any directory
+        "data": str(Path(cfg.data).resolve()) if cfg.data else "",  # "" (not given): evaluate / predict then need data=DIR
     }
     path = save_run(cfg.out, model, full_cfg, {info.modality: cache_key},
                     metrics={"imported_from": str(ckpt_path.resolve())}, extra_state={"epoch": ckpt.meta.get("epoch")})

@@ -25,12 +25,13 @@ class PredictConfig:
     split: str = opt("test", "split to predict (any split)")
     out: str = opt("outputs.json", "challenge file to write")
     checkpoint: str = opt("best", "checkpoint name in <run>/checkpoints")
-    generator: str = opt("sample", "generation strategy (sample = reference)")
+    generator: str = opt("", "generation strategy; empty = the one the run selected on val (lowest action ED in "
+                             "<run>/metrics_val.json from `lta evaluate`, else the run's train.val_generator)")
     temperature: float = opt(1.0, "sampling temperature")
     mbr_samples: int = opt(64, "draws per window for the mbr generators")
     data: str = opt("", "dataset root (default: the run's)")
     store: str = opt("", "feature store root (default: the run's)")
-    device: str = opt("cpu", "device for the model")
+    device: str = opt("auto", "device for the model: auto (cuda if available), cpu, cuda, cuda:N")
     seed: int = opt(0, "seed of the sampled sequences")
 
 
@@ -48,6 +49,14 @@ def _run(cfg: PredictConfig) -> int:
     from train_heads.inputs import load_bank, split_windows
     from train_heads.run import load_run, run_roots
 
+    from pipelines.checks import check_registry
+    from pipelines.cmd_evaluate import check_inputs
+    from train_heads.generators import GENERATORS
+
+    cfg.device = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
+    generator, why = (cfg.generator, f"given as generator={cfg.generator}") if cfg.generator else selected_generator(cfg.run, cfg.checkpoint)
+    check_registry("generator", generator, GENERATORS)
+    log.info("generator %s (%s)", generator, why)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     head = run.cfg["head"]
     try:
@@ -63,8 +72,8 @@ def _run(cfg: PredictConfig) -> int:
     _, win = split_windows(data, cfg.split, bank, num_input=head["num_input"], num_future=z, num_seen=num_seen,
                            convention=convention)
     fc = forecast_split(run.model, DeviceWindows(win, cfg.device), bank.to(cfg.device),
-                        generators=create_generators([cfg.generator], temperature=cfg.temperature, mbr_samples=cfg.mbr_samples), k=k, seed=cfg.seed)
-    verb, noun = fc.sequences[cfg.generator]
+                        generators=create_generators([generator], temperature=cfg.temperature, mbr_samples=cfg.mbr_samples), k=k, seed=cfg.seed)
+    verb, noun = fc.sequences[generator]
     predicted = dict(zip(win.keys, range(len(win))))
     fallback = [key for key in expected if key not in predicted]
     train_ann = load_split(data, "train")
@@ -82,8 +91,23 @@ def _run(cfg: PredictConfig) -> int:
     Path(str(cfg.out) + ".fallback.json").write_text(json.dumps(
         {"fallback": "frequency_prior", "reason": "observed segments without cached features", "keys": fallback}, indent=1) + "\n")
     print(f"wrote {cfg.out}: {len(expected)} keys ({len(expected) - len(fallback)} from the model, "
-          f"{len(fallback)} frequency-prior fallback), generator {cfg.generator}")
+          f"{len(fallback)} frequency-prior fallback), generator {generator} ({why})")
     return 0
+
+
+def selected_generator(run_dir: str, checkpoint: str) -> tuple[str, str]:
+    """(generator, why) the run selected on val: the lowest val action ED that `lta evaluate split=val` recorded
+    for this checkpoint in `<run>/metrics_val.json`, else the generator training validated with."""
+    from train_heads.run import read_run_config
+
+    path = Path(run_dir) / "metrics_val.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    name = metrics.get("selected_generator")
+    if name and metrics.get("checkpoint", checkpoint) == checkpoint:
+        return name, f"lowest val action ED {metrics.get(f'model.{name}.action_ed', float('nan')):.4f} in {path}"
+    name = read_run_config(run_dir).get("train", {}).get("val_generator", "sample")
+    return name, (f"the run's train.val_generator; `lta evaluate run={run_dir} split=val` selects the best "
+                  f"of several generators for predict")
 
 
 def main(argv: Sequence[str]) -> int:

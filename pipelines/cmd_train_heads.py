@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
-from pipelines.common import run_command
+from pipelines.common import UsageError, run_command
 from pipelines.config import opt
 from train_heads.schemas import ModelConfig, TrainConfig
 
@@ -27,12 +28,54 @@ class TrainHeadsConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation and evaluation"})
 
 
+def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
+    """Registry names, `*_kwargs` keys, choices, device and (with `paths`) the data / store roots of `cfg`,
+    checked before any data is loaded.
+
+    Raises:
+        UsageError: one line naming the key, the value and the valid choices.
+    """
+    from features.windows import CONVENTIONS
+    from pipelines.checks import (check_choice, check_data_root, check_device, check_kwargs, check_registry,
+                                  check_store_root)
+    from train_heads.aggregators import AGGREGATORS
+    from train_heads.decoders import DECODERS
+    from train_heads.generators import GENERATORS
+    from train_heads.model import NORMALIZERS
+    from train_heads.schemas import OPTIMIZERS, SELECT_METRICS
+
+    if paths:
+        check_data_root("data", cfg.data, ["train", "val"])
+        check_store_root("store", cfg.store)
+    h, t = cfg.head, cfg.train
+    check_registry("head.aggregator", h.aggregator, AGGREGATORS)
+    check_kwargs("head.aggregator_kwargs", dict(h.aggregator_kwargs), AGGREGATORS.get(h.aggregator),
+                 filled=("dim", "num_input"))
+    check_registry("head.decoder", h.decoder, DECODERS)
+    check_kwargs("head.decoder_kwargs", dict(h.decoder_kwargs), DECODERS.get(h.decoder),
+                 filled=("dim_in", "token_dim", "num_future", "num_verbs", "num_nouns"))
+    for i, m in enumerate(h.modalities):
+        check_choice(f"head.modalities.{i}.normalize", m.normalize, list(NORMALIZERS), "normalize mode")
+        check_choice(f"head.modalities.{i}.frame_pool", m.frame_pool, ["mean", "attention"], "frame pooling")
+    check_choice("train.optimizer", t.optimizer, list(OPTIMIZERS), "optimizer")
+    check_choice("train.select_metric", t.select_metric, list(SELECT_METRICS), "select metric")
+    check_registry("train.val_generator", t.val_generator, GENERATORS)
+    if getattr(GENERATORS.get(t.val_generator), "requires_autoregressive", False) and \
+            not getattr(DECODERS.get(h.decoder), "autoregressive", False):
+        raise UsageError(f"train.val_generator={t.val_generator}: needs an autoregressive decoder "
+                         f"(head.decoder=autoregressive), not head.decoder={h.decoder}")
+    check_choice("convention", cfg.convention, list(CONVENTIONS), "convention")
+    check_device("train.device", t.device)
+
+
 def train_from_config(cfg: TrainHeadsConfig) -> dict:
     """Load features and windows as `cfg` says, train, and return the run's metrics."""
     from train_heads.inputs import fill_model_dims, load_bank, resolve_feature_keys, split_windows, subset_windows
     from train_heads.train import prepare_run_dir, train
 
     prepare_run_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)  # before any data is loaded
+    # absolute paths in the run's config.yaml: evaluate / predict / report work from any directory
+    cfg.data, cfg.store = str(Path(cfg.data).resolve()), str(Path(cfg.store).resolve())
     keys = resolve_feature_keys(cfg.store, [m.name for m in cfg.head.modalities], cfg.features)
     log.info("features: %s", keys)
     bank = load_bank(cfg.store, keys, splits=["train", "val"])
@@ -50,6 +93,7 @@ def train_from_config(cfg: TrainHeadsConfig) -> dict:
 
 
 def _run(cfg: TrainHeadsConfig) -> int:
+    check_config(cfg)
     metrics = train_from_config(cfg)
     print(f"{cfg.out}: best {metrics['select_metric']} {metrics['best']:.4f} at epoch {metrics['best_epoch']}")
     return 0

@@ -143,7 +143,7 @@ def _apply_override(cfg: Any, schema: type, key: str, value: Any) -> None:
     target = OmegaConf.select(cfg, key, throw_on_missing=False) if key else None
     if isinstance(target, ListConfig) and not isinstance(value, (list, tuple)) and value is not None:
         value = [value]
-    OmegaConf.update(cfg, key, value, merge=False)
+    OmegaConf.update(cfg, key, value, merge=True)  # dicts merge, lists are replaced (as OmegaConf.merge)
 
 
 MAX_YAML_ALIASES = 100  # a config needs few; thousands of nested aliases expand exponentially (a "YAML bomb")

@@ -76,7 +76,7 @@ def test_trained_head_beats_frequency_prior(trained):
 
 def test_predict_score_round_trip_and_fallback(trained, sample, tmp_path):
     out = tmp_path / "val_outputs.json"
-    assert cmd_predict.main([f"run={trained}", "split=val", f"out={out}"]) == 0
+    assert cmd_predict.main([f"run={trained}", "split=val", f"out={out}", "generator=sample"]) == 0
     assert cmd_score.main([f"data={sample['data']}", "split=val", f"predictions={out}", "num_seen=4",
                            f"out={tmp_path / 'score.json'}"]) == 0
     score = json.loads((tmp_path / "score.json").read_text())

@@ -152,18 +152,47 @@ class Run:
         return int(self.cfg.get("train", {}).get("num_sequences", 5))
 
 
-def run_roots(run: Run, *, data: str = "", store: str = "") -> tuple[str, str]:
-    """(dataset root, store root): the given ones, else those the run recorded.
+def resolve_run_path(run_dir: str | Path, value: str) -> str:
+    """The absolute form of a path recorded in a run's config: an absolute one as it is; a relative one
+    relative to the run dir when it exists there, else relative to the current directory (runs written
+    before paths were recorded absolute, from the directory they were trained in)."""
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    beside = Path(run_dir) / p
+    return str(beside.resolve() if beside.exists() or not p.exists() else p.resolve())
+
+
+def recorded_roots(run_dir: str | Path, cfg: dict, *, data: str = "", store: str = "") -> tuple[str, str]:
+    """(dataset root, store root) of a run: the given ones, else those its config records (see `resolve_run_path`).
 
     Raises:
-        ValueError: neither gives one (e.g. a run imported without data=), naming the run and the key to pass.
+        UsageError: neither gives one (e.g. a run imported without data=), naming the run and the key to pass.
     """
-    data = data or run.cfg.get("data") or ""
-    store = store or run.cfg.get("store") or ""
-    for value, name, what in ((data, "data", "dataset root"), (store, "store", "feature store root")):
+    from features.errors import UsageError
+
+    out = []
+    for given, name, what in ((data, "data", "dataset root"), (store, "store", "feature store root")):
+        value = given or cfg.get(name) or ""
         if not value:
-            raise ValueError(f"run {run.run_dir} records no {what} ({run.run_dir / CONFIG_FILE}); pass {name}=DIR")
-    return str(data), str(store)
+            raise UsageError(f"run {run_dir} records no {what} ({Path(run_dir) / CONFIG_FILE}); pass {name}=DIR")
+        out.append(str(Path(value).expanduser()) if given else resolve_run_path(run_dir, str(value)))
+    return out[0], out[1]
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """`<run>/config.yaml` as a plain dict (no torch needed)."""
+    from omegaconf import OmegaConf
+
+    cfg_path = Path(run_dir) / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: not a run dir (no {CONFIG_FILE})")
+    return OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=True)  # type: ignore[return-value]
+
+
+def run_roots(run: Run, *, data: str = "", store: str = "") -> tuple[str, str]:
+    """(dataset root, store root) of a loaded run; see `recorded_roots`."""
+    return recorded_roots(run.run_dir, run.cfg, data=data, store=store)
 
 
 def load_checkpoint(run_dir: str | Path, name: str = "best", *, map_location: str = "cpu") -> dict:
