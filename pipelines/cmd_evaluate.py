@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ class EvaluateConfig:
     store: str = opt("", "feature store root (default: the run's)")
     device: str = opt("auto", "device for the model: auto (cuda if available), cpu, cuda, cuda:N")
     seed: int = opt(0, "seed of the sampled sequences")
+    out: str = opt("", "metrics file to write (default <run>/metrics_<split>.json; its ED@z plot goes beside it)")
 
 
 def _run(cfg: EvaluateConfig) -> int:
@@ -36,7 +38,8 @@ def _run(cfg: EvaluateConfig) -> int:
     from train_heads.evaluate import evaluate_split, evaluation_baselines, plot_ed_curves
     from train_heads.generators import create_generators, list_generators
     from train_heads.inputs import load_bank, split_windows
-    from train_heads.run import load_run, run_roots
+    from train_heads.fingerprint import evaluation_fingerprint
+    from train_heads.run import checkpoint_path, load_run, run_roots
 
     device = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
     check_choices("generators", cfg.generators, list_generators(), "generator")
@@ -49,6 +52,11 @@ def _run(cfg: EvaluateConfig) -> int:
     except ValueError as err:
         print(f"lta evaluate: {err}", file=sys.stderr)
         return 2
+    # what these numbers depend on (checkpoint and annotation hashes, settings): `lta report` reuses them only on a match
+    fingerprint = evaluation_fingerprint(checkpoint_file=checkpoint_path(run.run_dir, cfg.checkpoint), data=data,
+                                         split=cfg.split, cache_keys=run.cache_keys, generators=cfg.generators,
+                                         baselines=cfg.baselines, seed=cfg.seed, temperature=cfg.temperature,
+                                         mbr_samples=cfg.mbr_samples, num_sequences=run.num_sequences)
     head = run.cfg["head"]
     bank = load_bank(store, run.cache_keys, splits=["train", cfg.split])
     train_ann, train_win = split_windows(data, "train", bank, num_input=head["num_input"], num_future=head["num_future"],
@@ -66,10 +74,14 @@ def _run(cfg: EvaluateConfig) -> int:
     metrics["selected_generator"] = min(cfg.generators, key=lambda g: (metrics[f"model.{g}.action_ed"],
                                                                         cfg.generators.index(g)))
     metrics.update({"run": str(run.run_dir), "split": cfg.split, "checkpoint": cfg.checkpoint,
-                    "cache_keys": run.cache_keys})
-    out = Path(cfg.run) / f"metrics_{cfg.split}.json"
-    out.write_text(json.dumps(metrics, indent=1) + "\n")
-    plot_ed_curves(metrics, str(Path(cfg.run) / f"ed_curve_{cfg.split}.png"), title=f"{run.run_dir.name} on {cfg.split}")
+                    "cache_keys": run.cache_keys, "fingerprint": fingerprint})
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / f"metrics_{cfg.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")  # atomic: an interrupted evaluate never leaves a partial file
+    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
+    os.replace(tmp, out)
+    plot = out.with_suffix(".png") if cfg.out else Path(cfg.run) / f"ed_curve_{cfg.split}.png"
+    plot_ed_curves(metrics, str(plot), title=f"{run.run_dir.name} on {cfg.split}")
     rows = sorted((v, k[: -len(".action_ed")]) for k, v in metrics.items() if k.endswith(".action_ed"))
     print(f"{'method':<28} {'verb ED':>8} {'noun ED':>8} {'action ED':>9}  ({cfg.split}, {len(win)} windows)")
     for action, name in rows:

@@ -13,6 +13,7 @@ from pipelines.common import run_command
 from pipelines.config import opt
 
 log = logging.getLogger(__name__)
+REPORT_CACHE = "report_cache"  # <run>/report_cache/metrics_<split>.json: the report's own evaluations
 
 
 @dataclass
@@ -33,19 +34,59 @@ class ReportConfig:
     device: str = opt("cpu", "device for the model")
 
 
-def _split_metrics(cfg: ReportConfig, run_dir: Path) -> dict:
-    """`<run>/metrics_<split>.json` of this checkpoint, running `lta evaluate` first when it is absent."""
-    path = run_dir / f"metrics_{cfg.split}.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    if metrics.get("checkpoint") != cfg.checkpoint:
-        from pipelines import cmd_evaluate
+def _table_settings(cfg: ReportConfig) -> tuple[list[str], list[str]]:
+    """(generators, baselines) of the report's ED table: `lta evaluate`'s defaults, plus the shown generator."""
+    from pipelines.cmd_evaluate import EvaluateConfig
 
-        log.info("%s: no metrics of checkpoint %r; running lta evaluate first", path, cfg.checkpoint)
-        argv = [f"run={cfg.run}", f"split={cfg.split}", f"checkpoint={cfg.checkpoint}", f"device={cfg.device}",
-                f"seed={cfg.seed}", *([f"data={cfg.data}"] if cfg.data else []), *([f"store={cfg.store}"] if cfg.store else [])]
-        if cmd_evaluate.main(argv) != 0:
-            raise RuntimeError(f"lta evaluate {' '.join(argv)} failed; cannot build the report's ED table")
-        metrics = json.loads(path.read_text())
+    defaults = EvaluateConfig()
+    generators = list(defaults.generators) + ([cfg.generator] if cfg.generator not in defaults.generators else [])
+    return generators, list(defaults.baselines)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as err:  # a damaged file is recomputed, never shown
+        log.warning("%s: unreadable (%s); evaluating again", path, err)
+        return {}
+
+
+def _split_metrics(cfg: ReportConfig, run: Any, data: str) -> dict:
+    """The ED table's metrics: `<run>/metrics_<split>.json` (from `lta evaluate`) or the report's own
+    `<run>/report_cache/metrics_<split>.json`, whichever has the fingerprint of this checkpoint with the table's
+    settings; else a fresh `lta evaluate out=<the report's file>`. So the table is never stale nor a partial
+    leftover, and the user's own evaluate results (which `lta predict` reads) are never rewritten."""
+    from train_heads.fingerprint import evaluation_fingerprint, fingerprint_differences
+    from train_heads.run import checkpoint_path
+
+    generators, baselines = _table_settings(cfg)
+    want = evaluation_fingerprint(checkpoint_file=checkpoint_path(run.run_dir, cfg.checkpoint), data=data,
+                                  split=cfg.split, cache_keys=run.cache_keys, num_sequences=run.num_sequences,
+                                  generators=generators, baselines=baselines, seed=cfg.seed, temperature=cfg.temperature,
+                                  mbr_samples=cfg.mbr_samples)
+    own = run.run_dir / REPORT_CACHE / f"metrics_{cfg.split}.json"
+    for path in (run.run_dir / f"metrics_{cfg.split}.json", own):
+        metrics = _read_json(path)
+        differ = fingerprint_differences(metrics.get("fingerprint"), want)
+        if not differ:
+            return metrics
+        if path.is_file():
+            log.info("%s: not for checkpoint %r with the report's settings (%s differ)", path, cfg.checkpoint,
+                     ", ".join(differ))
+    from pipelines import cmd_evaluate
+
+    argv = [f"run={cfg.run}", f"split={cfg.split}", f"checkpoint={cfg.checkpoint}", f"device={cfg.device}",
+            f"seed={cfg.seed}", f"temperature={cfg.temperature}", f"mbr_samples={cfg.mbr_samples}",
+            f"generators=[{','.join(generators)}]", f"baselines=[{','.join(baselines)}]", f"out={own}",
+            *([f"data={cfg.data}"] if cfg.data else []), *([f"store={cfg.store}"] if cfg.store else [])]
+    log.info("report: evaluating checkpoint %r for the ED table (lta evaluate %s)", cfg.checkpoint, " ".join(argv))
+    if cmd_evaluate.main(argv) != 0:
+        raise RuntimeError(f"lta evaluate {' '.join(argv)} failed; cannot build the report's ED table")
+    metrics = _read_json(own)
+    differ = fingerprint_differences(metrics.get("fingerprint"), want)
+    if differ:
+        raise RuntimeError(f"{own}: the evaluation does not match checkpoint {cfg.checkpoint!r} ({', '.join(differ)} "
+                           "differ): did the run change while the report ran? Run lta report again")
     return metrics
 
 
@@ -132,7 +173,9 @@ def _run(cfg: ReportConfig) -> int:
     from train_heads.generators import create_generators
     from train_heads.inputs import load_bank, split_windows
     from train_heads.report import ReportHeader, Segment, WindowReport, render_report
-    from train_heads.run import load_run, run_roots
+    from features.version import code_version
+    from train_heads.fingerprint import file_sha256
+    from train_heads.run import checkpoint_path, load_run, run_roots
 
     if cfg.windows < 0 or cfg.thumb_width < 16:
         raise ValueError(f"need windows >= 0 and thumb_width >= 16, got {cfg.windows} and {cfg.thumb_width}")
@@ -146,7 +189,7 @@ def _run(cfg: ReportConfig) -> int:
     num_seen, convention = run.num_seen, run.convention
     k, z, n_in = run.num_sequences, head["num_future"], head["num_input"]
     ann = load_split(data, cfg.split)
-    metrics = _split_metrics(cfg, run.run_dir) if ann.has_labels else None
+    metrics = _split_metrics(cfg, run, data) if ann.has_labels else None
     bank = load_bank(store, run.cache_keys, splits=[cfg.split])
     _, win = split_windows(data, cfg.split, bank, num_input=n_in, num_future=z, num_seen=num_seen, convention=convention)
     # the whole split, so the shown sequences are the ones `lta predict` writes with the same generator and seed
@@ -179,7 +222,8 @@ def _run(cfg: ReportConfig) -> int:
     header = ReportHeader(run_name=run.run_dir.resolve().name, split=cfg.split, checkpoint=cfg.checkpoint,
                           generator=cfg.generator, seed=cfg.seed, num_split_windows=len(win), config=_config_summary(run),
                           cache_keys=dict(run.cache_keys), provenance=provenance, random_weight_keys=random_keys,
-                          synthetic_keys=synthetic_keys, notes=notes)
+                          synthetic_keys=synthetic_keys, notes=notes, code_version=code_version(),
+                          checkpoint_sha256=file_sha256(checkpoint_path(run.run_dir, cfg.checkpoint)))
     page = render_report(header, metrics, reports, ann.taxonomy)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,14 @@ the report on val (coloured), on test (uncoloured) and with the videos missing (
 The slow test renders the page in headless Chromium when one is installed.
 """
 import base64
+import hashlib
 import json
 import re
 import shutil
 import subprocess
+from importlib import metadata
 from io import BytesIO
+from pathlib import Path
 
 import editdistance
 import html5lib
@@ -22,14 +25,20 @@ from PIL import Image
 from features.annotations import load_split
 from features.submission import read_predictions
 from features.synthetic import plan_sample
-from pipelines import cmd_predict, cmd_report, cmd_train_heads
+from pipelines import cmd_evaluate, cmd_predict, cmd_report, cmd_train_heads
 from train_heads.report import ReportHeader, feature_provenance, render_report
+from train_heads.run import load_checkpoint, save_checkpoint
 from train_heads.synthetic_store import write_synthetic_stores
 
 torch.set_num_threads(1)
 N_IN = 2
 MATCH_CLASS = {2: "hit", 1: "half", 0: "miss"}  # the colours the report promises, restated here
 SVG = "{http://www.w3.org/2000/svg}"  # html5lib puts inline SVG elements in the SVG namespace
+REPORT_METRICS = "{run}/report_cache/metrics_val.json"  # where the report keeps the evaluations it ran
+
+
+def _report_metrics(run_dir) -> dict:
+    return json.loads(Path(REPORT_METRICS.format(run=run_dir)).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +81,8 @@ def val_report(run):
     out = run["root"] / "val.html"
     (run["run"] / "metrics_val.json").unlink(missing_ok=True)  # the report must run `lta evaluate` itself
     assert cmd_report.main([f"run={run['run']}", "split=val", f"out={out}", "windows=4", "seed=1"]) == 0
-    assert (run["run"] / "metrics_val.json").is_file()
+    assert Path(REPORT_METRICS.format(run=run["run"])).is_file()
+    assert not (run["run"] / "metrics_val.json").exists()  # evaluate's own file (predict reads it) is left alone
     return out
 
 
@@ -80,7 +90,7 @@ def test_val_report_structure_and_curves(val_report, run):
     page = val_report.read_text()
     doc = _parse(page)
     _no_external(page)
-    metrics = json.loads((run["run"] / "metrics_val.json").read_text())  # written by the evaluate the report ran
+    metrics = _report_metrics(run["run"])  # written by the evaluate the report ran
     windows = _windows(doc)
     assert len(windows) == 4
     imgs = [i for i in doc.iter("img")]
@@ -89,10 +99,11 @@ def test_val_report_structure_and_curves(val_report, run):
         pic = Image.open(BytesIO(base64.b64decode(img.get("src").split(",", 1)[1])))
         assert pic.format == "JPEG" and pic.size == (160, 120) and np.asarray(pic).std() > 5
     assert doc.find(".//div[@id='synthetic-banner']") is not None and doc.find(".//div[@id='random-weights-banner']") is None
-    # ED table: one row per scored method, values as in metrics_val.json
+    # ED table: one row per scored method, values as in the metrics file
     methods = sorted(k[: -len(".action_ed")] for k in metrics if k.endswith(".action_ed"))
     assert len(methods) == 9 and "model.sample" in methods and "frequency_prior" in methods
-    rows = {tr.get("data-method"): tr for tr in doc.find(".//table[@id='metrics-table']").iter("tr") if tr.get("data-method")}
+    rows = {tr.get("data-method"): tr for table in ("metrics-table", "oracle-table")
+            for tr in doc.find(f".//table[@id='{table}']").iter("tr") if tr.get("data-method")}
     assert sorted(rows) == methods
     for m in methods:
         values = [td.text for td in rows[m].iter("td")][1:4]
@@ -214,3 +225,142 @@ def test_chromium_renders_report(request, tmp_path):
     # the correctness colours and the thumbnails were painted (not just a white page with text)
     for rgb in ((0xa5, 0xd6, 0xa7), (0xef, 0x9a, 0x9a)):
         assert (np.abs(img - np.array(rgb)).sum(-1) <= 6).sum() > 200, rgb
+
+
+# -- the report tells oracles apart, shows the ED table of the checkpoint it shows, has legends and a version --
+REPO = Path(__file__).resolve().parents[1]
+ED_COLUMNS = ("verb_ed", "noun_ed", "action_ed", "action_aued")
+
+
+def _table_rows(doc, table_id: str) -> dict:
+    table = doc.find(f".//table[@id='{table_id}']")
+    return {} if table is None else {tr.get("data-method"): tr for tr in table.iter("tr") if tr.get("data-method")}
+
+
+def _ed_rows(doc) -> dict[str, list[str]]:
+    """method -> its four shown ED values, from the main table and the oracle table."""
+    return {m: [td.text for td in tr.iter("td")][1:5] for t in ("metrics-table", "oracle-table")
+            for m, tr in _table_rows(doc, t).items()}
+
+
+def test_oracle_baselines_apart_and_never_best(val_report, run):
+    doc = _parse(val_report.read_text())
+    metrics = _report_metrics(run["run"])
+    oracles = metrics["oracle_methods"]
+    assert "markov_oracle" in oracles  # the Markov chain fed with the true observed labels
+    main, apart = _table_rows(doc, "metrics-table"), _table_rows(doc, "oracle-table")
+    assert sorted(apart) == sorted(oracles) and main and not set(main) & set(oracles)
+    assert doc.find(".//*[@id='oracle-note']") is not None
+    assert not [td for tr in apart.values() for td in tr.iter("td") if td.get("class") == "best"]
+    for j, col in enumerate(ED_COLUMNS):  # best: the lowest value among the rows that see no labels
+        lowest = min(metrics[f"{m}.{col}"] for m in main)
+        marked = [m for m, tr in main.items() if list(tr.iter("td"))[1 + j].get("class") == "best"]
+        assert marked and all(metrics[f"{m}.{col}"] == lowest for m in marked), col
+
+
+def test_an_oracle_better_than_every_method_is_not_marked_best():
+    metrics = {"num_windows": 2, "oracle_methods": ["markov_oracle"]}
+    for m, v in (("model.sample", 0.8), ("markov", 0.9), ("markov_oracle", 0.1)):
+        metrics.update({f"{m}.{c}": v for c in ED_COLUMNS})
+        metrics.update({f"{m}.{w}_ed_curve": [v, v, v] for w in ("verb", "noun", "action")})
+    header = ReportHeader(run_name="r", split="val", checkpoint="best", generator="sample", seed=0, num_split_windows=2)
+    doc = _parse(render_report(header, metrics, [], None))
+    best = [tr.get("data-method") for tr in doc.iter("tr") for td in tr.iter("td") if td.get("class") == "best"]
+    assert best == ["model.sample"] * len(ED_COLUMNS)
+    assert list(_table_rows(doc, "oracle-table")) == ["markov_oracle"]
+
+
+def test_every_ed_chart_has_a_legend_entry_per_curve(val_report, run):
+    doc = _parse(val_report.read_text())
+    metrics = _report_metrics(run["run"])
+    oracles = set(metrics.get("oracle_methods", []))
+    swatch = {m: re.search(r"background:(#[0-9a-f]{6})", "".join(
+        s.get("style") for s in tr.iter("span"))).group(1) for t in ("metrics-table", "oracle-table")
+        for m, tr in _table_rows(doc, t).items()}
+    svgs = list(doc.iter(f"{SVG}svg"))
+    assert len(svgs) == 3
+    for svg in svgs:
+        curves = {p.get("data-method"): p for p in svg.iter(f"{SVG}polyline")}
+        legend = {g.get("data-method"): g for g in svg.iter(f"{SVG}g") if g.get("class") == "legend-entry"}
+        assert curves and sorted(legend) == sorted(curves)
+        frame = svg.find(f"{SVG}rect")
+        styles = set()
+        for m, g in legend.items():
+            (line,) = g.iter(f"{SVG}line")
+            assert line.get("stroke") == curves[m].get("stroke") == swatch[m]
+            assert line.get("stroke-dasharray") == curves[m].get("stroke-dasharray")
+            assert "".join(g.itertext()) == (f"{m} (oracle)" if m in oracles else m)
+            (text,) = g.iter(f"{SVG}text")  # drawn below the plot frame, inside the picture
+            assert float(frame.get("y")) + float(frame.get("height")) < float(text.get("y")) <= float(svg.get("height"))
+            styles.add((line.get("stroke"), line.get("stroke-dasharray")))
+        assert len(styles) == len(legend)  # every curve can be told apart
+
+
+@pytest.fixture
+def run_copy(run, val_report, tmp_path):
+    """A copy of the trained run dir, with the evaluation the val report ran (seed 1) in its report cache."""
+    shutil.copytree(run["run"], tmp_path / "run_copy")
+    return tmp_path / "run_copy"
+
+
+def test_ed_table_is_computed_for_the_checkpoint_shown(run_copy, tmp_path):
+    old = _report_metrics(run_copy)
+    state = load_checkpoint(run_copy, "best")  # "retrain": same checkpoint name, other weights
+    gen = torch.Generator().manual_seed(0)
+    state["model"] = {k: v + torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}
+    save_checkpoint(run_copy, "best", state)
+    digest = hashlib.sha256((run_copy / "checkpoints" / "best.pt").read_bytes()).hexdigest()
+    out = tmp_path / "val.html"
+    assert cmd_report.main([f"run={run_copy}", "split=val", f"out={out}", "windows=1", "seed=1"]) == 0
+    doc = _parse(out.read_text())
+    assert doc.find(".//*[@id='metrics-fingerprint']").get("data-checkpoint-sha256") == digest
+    shown = _ed_rows(doc)
+    # the numbers are those a plain `lta evaluate` (default settings) gives for the new weights, not the old ones
+    assert cmd_evaluate.main([f"run={run_copy}", "split=val", "seed=1"]) == 0
+    expect = json.loads((run_copy / "metrics_val.json").read_text())
+    assert sorted(shown) == sorted(k[: -len(".action_ed")] for k in expect if k.endswith(".action_ed"))
+    assert all(shown[m] == [f"{expect[f'{m}.{c}']:.4f}" for c in ED_COLUMNS] for m in shown)
+    models = [m for m in shown if m.startswith("model.")]
+    assert models and any(shown[m] != [f"{old[f'{m}.{c}']:.4f}" for c in ED_COLUMNS] for m in models)
+    # that evaluate's file has the report's fingerprint: the next report shows it without evaluating again
+    shutil.rmtree(run_copy / "report_cache")
+    assert cmd_report.main([f"run={run_copy}", "split=val", f"out={tmp_path / 'again.html'}", "windows=1", "seed=1"]) == 0
+    assert not (run_copy / "report_cache").exists()
+    assert _ed_rows(_parse((tmp_path / "again.html").read_text())) == shown
+
+
+def test_a_partial_or_damaged_evaluate_is_not_shown(run_copy, tmp_path):
+    from pipelines.cmd_evaluate import EvaluateConfig
+
+    assert cmd_evaluate.main([f"run={run_copy}", "split=val", "seed=1", "generators=[sample]",
+                              "baselines=[frequency_prior]"]) == 0
+    user_file = (run_copy / "metrics_val.json").read_bytes()
+    partial = [k for k in json.loads(user_file) if k.endswith(".action_ed")]
+    Path(REPORT_METRICS.format(run=run_copy)).write_text('{"model.sample.action_ed": 0.1, ')  # cut off mid-write
+    out = tmp_path / "val.html"
+    assert cmd_report.main([f"run={run_copy}", "split=val", f"out={out}", "windows=1", "seed=1"]) == 0
+    shown = _ed_rows(_parse(out.read_text()))
+    defaults = EvaluateConfig()
+    assert {f"model.{g}" for g in defaults.generators} | set(defaults.baselines) <= set(shown)
+    assert len(shown) > len(partial)
+    full = _report_metrics(run_copy)  # evaluated again, completely
+    assert sorted(shown) == sorted(k[: -len(".action_ed")] for k in full if k.endswith(".action_ed"))
+    assert all(shown[m] == [f"{full[f'{m}.{c}']:.4f}" for c in ED_COLUMNS] for m in shown)
+    assert (run_copy / "metrics_val.json").read_bytes() == user_file  # the user's partial evaluate is kept
+
+
+def _git_version() -> str:
+    res = subprocess.run(["git", "-C", str(REPO), "describe", "--tags", "--always", "--dirty"], capture_output=True, text=True)
+    return f"git {res.stdout.strip()}" if res.returncode == 0 and res.stdout.strip() else "git unknown (not a git checkout)"
+
+
+def test_footer_names_the_code_version(run, tmp_path):
+    name = re.search(r'(?m)^name = "([^"]+)"', (REPO / "pyproject.toml").read_text())[1]  # the distribution
+    before = _git_version()  # read on both sides: a commit may land while the report runs
+    out = tmp_path / "test.html"
+    assert cmd_report.main([f"run={run['run']}", "split=test", f"out={out}", "windows=1"]) == 0
+    after = _git_version()
+    footer = _parse(out.read_text()).find(".//footer")
+    (span,) = [s for s in footer.iter("span") if s.get("id") == "code-version"]
+    assert span.text in {f"{name} {metadata.version(name)}, {v}" for v in (before, after)}

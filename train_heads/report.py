@@ -2,11 +2,12 @@
 
 Sections: a header (run, split, checkpoint, cache keys and where their features came from, with a
 banner for random-weight or synthetic features); the ED@Z table of the model per generation strategy
-and of the no-training baselines (from `lta evaluate`'s metrics); the mean ED@z curves, z = 1..Z, as
-inline SVG charts (one polyline per method); then a few windows, each with thumbnails of its observed
+and of the no-training baselines (from `lta evaluate`'s metrics of the shown checkpoint, matched by their
+fingerprint), with the oracle baselines (those reading the true labels) in a table apart and never marked
+best; the mean ED@z curves, z = 1..Z, as inline SVG charts (one polyline per method, with a legend); then a few windows, each with thumbnails of its observed
 segments, the ground-truth future and the K predicted sequences, every position coloured by
 correctness (`hit`: verb and noun right, `half`: one of them, `miss`: neither; `unscored` on the
-unlabelled test split), with each sequence's action edit distance / Z.
+unlabelled test split), with each sequence's action edit distance / Z. The footer names the code version.
 
 This module only formats; the caller decodes thumbnails (extract/) and computes predictions
 (train_heads.evaluate), so train_heads never imports the video stack.
@@ -47,6 +48,7 @@ table.metrics{border-collapse:collapse;font-size:13px}
 table.metrics th,table.metrics td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 table.metrics td.name,table.metrics th.name{text-align:left}table.metrics td.note{text-align:left;color:#666}
 table.metrics tr.model td.name{font-weight:600}table.metrics td.best{background:#c8e6c9;font-weight:600}
+table.metrics.oracle{color:#555}table.metrics.oracle td.name{font-style:italic}
 .swatch{display:inline-block;width:18px;height:4px;vertical-align:middle;margin-right:6px}
 .charts{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 svg.ed-curve{background:#fff;border:1px solid #ddd}
@@ -112,6 +114,8 @@ class ReportHeader:
     random_weight_keys: list[str] = field(default_factory=list)
     synthetic_keys: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    checkpoint_sha256: str = ""  # of the checkpoint file the page shows
+    code_version: str = ""  # features.version.code_version() of the code that wrote the page
 
 
 def feature_provenance(spec: dict) -> tuple[str, str]:
@@ -138,9 +142,24 @@ def short_name(name: str) -> str:
 
 
 def report_methods(metrics: dict[str, Any]) -> list[str]:
-    """Methods scored in `metrics` (`<method>.action_ed`): the model's generators first, then baselines."""
+    """Methods scored in `metrics` (`<method>.action_ed`): the model's generators first, then baselines, then oracles."""
+    oracles = set(oracle_methods(metrics))
     names = [k[: -len(".action_ed")] for k in metrics if k.endswith(".action_ed")]
-    return sorted(names, key=lambda n: (not n.startswith("model."), n))
+    return sorted(names, key=lambda n: (n in oracles, not n.startswith("model."), n))
+
+
+def oracle_methods(metrics: dict[str, Any]) -> list[str]:
+    """The scored methods that read the split's true labels (`oracle_methods`, written by evaluate_split)."""
+    return [m for m in metrics.get("oracle_methods", []) if f"{m}.action_ed" in metrics]
+
+
+def method_colours(metrics: dict[str, Any]) -> dict[str, str]:
+    """One colour per method, shared by the table swatches, the curves and the chart legends."""
+    return {m: _colour(i) for i, m in enumerate(report_methods(metrics))}
+
+
+def _method_label(metrics: dict[str, Any], method: str) -> str:
+    return f"{method} (oracle)" if method in oracle_methods(metrics) else method
 
 
 def _e(value: Any) -> str:
@@ -158,39 +177,77 @@ def _colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+def _method_rows(metrics: dict[str, Any], methods: Sequence[str], cols: Sequence[tuple[str, str]],
+                 best: dict[str, float] | None) -> list[str]:
+    colours, oracles = method_colours(metrics), set(oracle_methods(metrics))
+    out = []
+    for m in methods:
+        kind = "model" if m.startswith("model.") else "oracle" if m in oracles else "baseline"
+        note = f"trained head, generator {m[len('model.'):]}" if kind == "model" else BASELINE_NOTES.get(m, "")
+        if kind == "oracle":
+            note = (note + "; " if note else "") + "reads the true labels: an upper bound, not a competitor"
+        out.append(f'<tr class="{kind}" data-method="{_e(m)}"><td class="name">'
+                   f'<span class="swatch" style="background:{colours[m]}"></span>{_e(m)}</td>')
+        for c, _ in cols:
+            v = metrics.get(f"{m}.{c}")
+            cls = ' class="best"' if best is not None and v is not None and v == best.get(c) else ""
+            out.append(f"<td{cls}>{'-' if v is None else f'{v:.4f}'}</td>")
+        out.append(f'<td class="note">{_e(note)}</td></tr>')
+    return out
+
+
 def metric_table(metrics: dict[str, Any]) -> str:
-    """HTML table of ED@Z verb / noun / action and action AUED per method, the best value per column marked."""
+    """HTML tables of ED@Z verb / noun / action and action AUED per method.
+
+    The first (`#metrics-table`) holds the model's generators and the baselines that see no labels of the split,
+    with the best value per column marked. The oracle baselines (`oracle_methods`: they read the true labels)
+    come apart in `#oracle-table`, under a note, and are never marked best.
+    """
     methods = report_methods(metrics)
+    oracles = set(oracle_methods(metrics))
+    fair = [m for m in methods if m not in oracles]
     z = len(metrics.get(f"{methods[0]}.action_ed_curve", [])) if methods else 0
     cols = [("verb_ed", f"verb ED@{z}"), ("noun_ed", f"noun ED@{z}"), ("action_ed", f"action ED@{z}"),
             ("action_aued", "action AUED")]
-    best = {c: min((metrics.get(f"{m}.{c}", np.inf) for m in methods), default=np.inf) for c, _ in cols}
-    out = ['<table class="metrics" id="metrics-table"><thead><tr><th class="name">method</th>']
-    out += [f"<th>{_e(title)}</th>" for _, title in cols] + ['<th class="name">what it is</th></tr></thead><tbody>']
-    for i, m in enumerate(methods):
-        kind = "model" if m.startswith("model.") else "baseline"
-        note = f"trained head, generator {m[len('model.'):]}" if kind == "model" else BASELINE_NOTES.get(m, "")
-        out.append(f'<tr class="{kind}" data-method="{_e(m)}"><td class="name">'
-                   f'<span class="swatch" style="background:{_colour(i)}"></span>{_e(m)}</td>')
-        for c, _ in cols:
-            v = metrics.get(f"{m}.{c}")
-            cls = ' class="best"' if v is not None and v == best[c] else ""
-            out.append(f"<td{cls}>{'-' if v is None else f'{v:.4f}'}</td>")
-        out.append(f'<td class="note">{_e(note)}</td></tr>')
-    out.append("</tbody></table>")
+    best = {c: min((v for m in fair if (v := metrics.get(f"{m}.{c}")) is not None), default=np.inf) for c, _ in cols}
+    head = ['<thead><tr><th class="name">method</th>', *(f"<th>{_e(title)}</th>" for _, title in cols),
+            '<th class="name">what it is</th></tr></thead>']
+    out = ['<table class="metrics" id="metrics-table">', *head, "<tbody>", *_method_rows(metrics, fair, cols, best),
+           "</tbody></table>"]
+    if oracles:
+        out += ['<p class="note" id="oracle-note">Oracle baselines, shown apart: they read the true labels of the '
+                "observed segments, which a forecaster does not have, so they bound what a perfect recogniser could "
+                "reach and are never marked best.</p>",
+                '<table class="metrics oracle" id="oracle-table">', *head, "<tbody>",
+                *_method_rows(metrics, [m for m in methods if m in oracles], cols, None), "</tbody></table>"]
     return "".join(out)
 
 
-def ed_curve_svg(metrics: dict[str, Any], what: str = "action", *, width: int = 420, height: int = 280) -> str:
-    """Inline SVG of the mean `what` ED@z curve, z = 1..Z, one polyline per method (model solid, baselines dashed)."""
+def _dash(metrics: dict[str, Any], method: str) -> str:
+    """Line style: the model solid, baselines dashed, oracle baselines dotted."""
+    if method.startswith("model."):
+        return ""
+    return ' stroke-dasharray="1.5,2.5"' if method in oracle_methods(metrics) else ' stroke-dasharray="5,3"'
+
+
+def ed_curve_svg(metrics: dict[str, Any], what: str = "action", *, width: int = 420, height: int = 280,
+                 legend_columns: int = 2) -> str:
+    """Inline SVG of the mean `what` ED@z curve, z = 1..Z, one polyline per method, and a legend below the plot.
+
+    Model solid, baselines dashed, oracle baselines dotted; `height` is the plot's part, the legend adds its rows.
+    """
     methods = [m for m in report_methods(metrics) if metrics.get(f"{m}.{what}_ed_curve")]
+    colours = method_colours(metrics)
     left, right, top, bottom = 46, 12, 24, 36
     pw, ph = width - left - right, height - top - bottom
+    row_h, col_w = 16, (width - left) / max(legend_columns, 1)
+    rows = -(-len(methods) // max(legend_columns, 1))
+    total = height + (rows * row_h + 10 if methods else 0)
     z = max((len(metrics[f"{m}.{what}_ed_curve"]) for m in methods), default=1)
     x = lambda zi: left + (zi - 1) / max(z - 1, 1) * pw  # noqa: E731  z = 1..Z -> pixels
     y = lambda v: top + (1.0 - min(max(v, 0.0), 1.0)) * ph  # noqa: E731  ED in [0, 1] -> pixels
     out = [f'<svg class="ed-curve" id="ed-curve-{_e(what)}" width="{width}" '
-           f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{_e(what)} ED@z">',
+           f'height="{total}" viewBox="0 0 {width} {total}" role="img" aria-label="{_e(what)} ED@z">',
            f'<text x="{width / 2:.0f}" y="16" text-anchor="middle" font-size="13" font-weight="600">'
            f"{_e(what)} ED@z</text>"]
     for v in (0.0, 0.25, 0.5, 0.75, 1.0):
@@ -203,13 +260,21 @@ def ed_curve_svg(metrics: dict[str, Any], what: str = "action", *, width: int = 
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>'
                f'<text x="{left + pw / 2:.0f}" y="{height - 4}" text-anchor="middle" font-size="11">'
                "z (forecast prefix length)</text>")
-    all_methods = report_methods(metrics)
     for m in methods:
         curve = metrics[f"{m}.{what}_ed_curve"]
         points = " ".join(f"{x(i + 1):.1f},{y(v):.1f}" for i, v in enumerate(curve))
-        dash = "" if m.startswith("model.") else ' stroke-dasharray="5,3"'
         out.append(f'<polyline class="curve" data-method="{_e(m)}" points="{points}" fill="none" '
-                   f'stroke="{_colour(all_methods.index(m))}" stroke-width="1.8"{dash}><title>{_e(m)}</title></polyline>')
+                   f'stroke="{colours[m]}" stroke-width="1.8"{_dash(metrics, m)}><title>{_e(_method_label(metrics, m))}'
+                   "</title></polyline>")
+    if methods:
+        out.append('<g class="legend">')
+        for i, m in enumerate(methods):
+            lx, ly = left + (i % legend_columns) * col_w, height + 8 + (i // legend_columns) * row_h
+            out.append(f'<g class="legend-entry" data-method="{_e(m)}">'
+                       f'<line x1="{lx:.1f}" x2="{lx + 22:.1f}" y1="{ly + 6:.1f}" y2="{ly + 6:.1f}" stroke="{colours[m]}" '
+                       f'stroke-width="1.8"{_dash(metrics, m)}/>'
+                       f'<text x="{lx + 27:.1f}" y="{ly + 10:.1f}" font-size="11">{_e(_method_label(metrics, m))}</text></g>')
+        out.append("</g>")
     out.append("</svg>")
     return "".join(out)
 
@@ -224,7 +289,8 @@ def _header_html(h: ReportHeader) -> str:
         out.append('<div class="banner info" id="synthetic-banner">Synthetic features '
                    f"({_e(', '.join(h.synthetic_keys))}): class embeddings plus noise, written without any "
                    "video model.</div>")
-    rows = [("run", h.run_name), ("split", f"{h.split} ({h.num_split_windows} windows)"), ("checkpoint", h.checkpoint),
+    ckpt = f"{h.checkpoint} (sha256 {h.checkpoint_sha256[:16]})" if h.checkpoint_sha256 else h.checkpoint
+    rows = [("run", h.run_name), ("split", f"{h.split} ({h.num_split_windows} windows)"), ("checkpoint", ckpt),
             ("shown sequences", f"generator {h.generator}, seed {h.seed} (as `lta predict` writes them)"),
             *h.config.items()]
     rows += [(f"cache key ({m})", f"{k}: {h.provenance.get(k, '?')}") for m, k in h.cache_keys.items()]
@@ -286,6 +352,19 @@ def window_html(w: WindowReport, taxonomy: Any, index: int) -> str:
     return "".join(out)
 
 
+def _fingerprint_html(metrics: dict[str, Any]) -> str:
+    """What the ED table was computed from (`metrics["fingerprint"]`, written by `lta evaluate`)."""
+    fp = metrics.get("fingerprint") or {}
+    if not fp:
+        return '<p class="note" id="metrics-fingerprint">no fingerprint: these metrics name no checkpoint hash</p>'
+    text = (f"computed by <code>lta evaluate</code> for checkpoint {_e(metrics.get('checkpoint', '?'))} "
+            f"(sha256 {_e(str(fp.get('checkpoint_sha256', '?'))[:16])}), generators {_e(', '.join(fp.get('generators', [])))}, "
+            f"baselines {_e(', '.join(fp.get('baselines', [])))}, seed {_e(fp.get('seed', '?'))}, "
+            f"temperature {_e(fp.get('temperature', '?'))}; fingerprint {_e(fp.get('id', '?'))}")
+    return (f'<p class="note" id="metrics-fingerprint" data-fingerprint="{_e(fp.get("id", ""))}" '
+            f'data-checkpoint-sha256="{_e(fp.get("checkpoint_sha256", ""))}">{text}</p>')
+
+
 def render_report(header: ReportHeader, metrics: dict[str, Any] | None, windows: Sequence[WindowReport],
                   taxonomy: Any) -> str:
     """The whole report as one HTML document (str); every text is escaped, nothing is fetched."""
@@ -294,7 +373,9 @@ def render_report(header: ReportHeader, metrics: dict[str, Any] | None, windows:
            _header_html(header), "<h2>ED@Z per method</h2>"]
     if metrics and report_methods(metrics):
         out.append(f'<p class="note">{_e(metrics.get("num_windows", "?"))} windows of split {_e(header.split)}; '
-                   "lower is better; best per column in green. Baselines need no training.</p>")
+                   "lower is better; best per column in green (oracle baselines excluded). Baselines need no "
+                   "training.</p>")
+        out.append(_fingerprint_html(metrics))
         out.append(metric_table(metrics))
         rec = [(p, metrics[f"{p}.recognition.action_acc"]) for p in ("model", "knn")
                if f"{p}.recognition.action_acc" in metrics]
@@ -302,8 +383,8 @@ def render_report(header: ReportHeader, metrics: dict[str, Any] | None, windows:
             out.append('<p class="note">recognition of the observed segments (action top-1): '
                        + ", ".join(f"{_e(p)} {v:.3f}" for p, v in rec) + "</p>")
         out.append("<h2>Mean ED@z curves</h2>")
-        out.append('<p class="note">colours as in the table; solid: the trained head, dashed: baselines. '
-                   "ED@z compares the first z forecast actions with the first z true ones.</p>")
+        out.append('<p class="note">colours as in the table; solid: the trained head, dashed: baselines, '
+                   "dotted: oracle baselines. ED@z compares the first z forecast actions with the first z true ones.</p>")
         out.append('<div class="charts">' + "".join(ed_curve_svg(metrics, w) for w in CURVE_WHATS) + "</div>")
     else:
         out.append(f'<p class="note" id="no-metrics">split {_e(header.split)} has no labels: no ED table or curves; '
@@ -315,5 +396,7 @@ def render_report(header: ReportHeader, metrics: dict[str, Any] | None, windows:
                    "edit distance (the one ED@Z counts).</p>")
     out += [window_html(w, taxonomy, i) for i, w in enumerate(windows)]
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    out.append(f"<footer>written by <code>lta report</code> at {_e(stamp)}</footer></body></html>")
+    version = header.code_version or "unknown"
+    out.append(f'<footer>written by <code>lta report</code> (code <span id="code-version">{_e(version)}</span>) '
+               f"at {_e(stamp)}</footer></body></html>")
     return "\n".join(out)

@@ -1,0 +1,55 @@
+"""What an evaluation's numbers depend on, so a stored result is reused only for exactly those inputs.
+
+`evaluation_fingerprint` lists the checkpoint file's sha256, the annotation files' sha256 (the split and the
+training split, which fits the baselines), the cache keys and every evaluation setting (generators,
+baselines, seed, temperature, mbr draws, K), plus an `id` hashed from all of them. `lta evaluate` stores it in
+`metrics_<split>.json`; `lta report` shows that file's ED table only when the ids agree, so the table is never
+stale after retraining nor a leftover of an evaluate with other settings.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from features.annotations import ANNOTATION_DIR, TAXONOMY_FILE, annotation_path
+
+CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def evaluation_fingerprint(*, checkpoint_file: str | Path, data: str | Path, split: str, cache_keys: Mapping[str, str],
+                           generators: Sequence[str], baselines: Sequence[str], seed: int, temperature: float,
+                           mbr_samples: int, num_sequences: int) -> dict[str, Any]:
+    """The inputs of one evaluation of a checkpoint on `split` (see the module docstring), with their `id`."""
+    files = {"train": annotation_path(data, "train"), split: annotation_path(data, split),
+             "taxonomy": Path(data) / ANNOTATION_DIR / TAXONOMY_FILE}
+    fp: dict[str, Any] = {
+        "checkpoint_sha256": file_sha256(checkpoint_file),
+        "split": split,
+        "annotations_sha256": {name: file_sha256(p) if p.is_file() else None for name, p in sorted(files.items())},
+        "cache_keys": dict(sorted(cache_keys.items())),
+        "generators": list(generators),
+        "baselines": list(baselines),
+        "seed": int(seed),
+        "temperature": float(temperature),
+        "mbr_samples": int(mbr_samples),
+        "num_sequences": int(num_sequences),
+    }
+    fp["id"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+    return fp
+
+
+def fingerprint_differences(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> list[str]:
+    """Names of the fingerprint fields that differ (`["fingerprint"]` when `stored` has none)."""
+    if not stored:
+        return ["fingerprint"]
+    return [k for k in wanted if k != "id" and stored.get(k) != wanted[k]] or (["id"] if stored.get("id") != wanted["id"] else [])
