@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-checkpoint": ("pipelines.cmd_import_checkpoint", "turn a released Ego4D LTA checkpoint into a run dir"),
     "finetune-backbone": ("pipelines.cmd_finetune", "fine-tune a video backbone on Ego4D recognition"),
     "demo": ("pipelines.cmd_demo", "the whole pipeline on a synthetic sample, on the CPU"),
+    "import-annotations": ("pipelines.cmd_import_annotations", "convert EPIC-KITCHENS-100 annotations to the Ego4D LTA layout"),
 }
 
 
