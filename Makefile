@@ -18,7 +18,7 @@ CONFIG ?= pipelines/configs/slowfast_transformer.yaml
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast resize extract train-heads evaluate predict sweep report bench clean
+.PHONY: help setup demo test test-fast resize extract train-heads evaluate predict sweep report bench bench-gpu clean
 
 help: ## list the targets with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ sweep: $(STAMP) ## train several head configs over one cache, table sorted by va
 
 report: $(STAMP) ## HTML report of a run's predictions, RUN=...
 	$(BIN)/lta report run=$(RUN) split=val out=$(RUN)/report.html $(ARGS)
+
+bench-gpu: $(STAMP) ## the prepared GPU benchmark (README "GPU figures"): one run, 480 s budget, bench_out/gpu/
+	$(BIN)/python bench/gpu.py $(ARGS)
 
 bench: $(STAMP) ## run the benchmarks in bench/ (prints the README tables)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

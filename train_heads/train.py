@@ -120,6 +120,27 @@ def validate(model: nn.Module, val: DeviceWindows, bank: FeatureBank, cfg: Train
                            num_nouns=model.num_nouns)
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: Any, cfg: TrainConfig,
+               device: torch.device) -> torch.Tensor:
+    """One optimisation step on `batch` (forward, loss, backward, optimizer and scheduler step); the detached loss.
+
+    No host-device synchronisation: the loss stays on the device (the loop reads it every `log_every` steps).
+    """
+    with autocast(device, cfg.amp):
+        # autoregressive decoders read the true future (teacher forcing); the others ignore it
+        out = model(batch.inputs, future={"verb": batch.future_verb, "noun": batch.future_noun})
+        loss = forecast_loss(out, batch.future_verb, batch.future_noun, label_smoothing=cfg.label_smoothing)
+        if "obs_verb" in out and cfg.recognition_weight:
+            loss = loss + cfg.recognition_weight * recognition_loss(
+                out, batch.observed_verb, batch.observed_noun, label_smoothing=cfg.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
+
+
 def fit_input_norms(model: nn.Module, bank: FeatureBank, windows: SplitWindows, *, chunk_rows: int = 4096) -> None:
     """Fit each `standardize` input norm on the features (all views) of the training windows' observed rows.
 
@@ -378,20 +399,9 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
                     continue
                 if stop.requested:
                     break
-                with autocast(device, cfg.amp):
-                    # autoregressive decoders read the true future (teacher forcing); the others ignore it
-                    out = model(batch.inputs, future={"verb": batch.future_verb, "noun": batch.future_noun})
-                    loss = forecast_loss(out, batch.future_verb, batch.future_noun, label_smoothing=cfg.label_smoothing)
-                    if "obs_verb" in out and cfg.recognition_weight:
-                        loss = loss + cfg.recognition_weight * recognition_loss(
-                            out, batch.observed_verb, batch.observed_noun, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                loss = train_step(model, optimizer, scheduler, batch, cfg, device)
                 state["global_step"] += 1
                 state["step_in_epoch"] += 1
-                loss = loss.detach()
                 log_sum += loss
                 epoch_loss += loss
                 log_n += 1
