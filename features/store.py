@@ -193,8 +193,12 @@ class FeatureStore:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, *, name: str, spec: dict, rows: RowTable, view_shape: tuple[int, ...],
-               num_views: int, dtype: str = "float16", chunk_rows: int = 64, fsync: bool = True) -> "FeatureStore":
+               num_views: int, dtype: str = "float16", chunk_rows: int = 64, fsync: bool = True,
+               provenance: dict | None = None) -> "FeatureStore":
         """Create the store at `path` (suffix picks the backend), or open it if it already holds the same key and rows.
+
+        `provenance`: the attrs of the store these features come from (a copy, `merge_stores`); its
+        `created`, `code_version` and `libraries` are kept instead of now / this code's.
 
         Creation is atomic: the store is built under a temporary name and renamed into place, so
         concurrent `create` calls from several shards agree on one store.
@@ -219,6 +223,7 @@ class FeatureStore:
                 "code_version": code_version(), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "libraries": _library_versions(),
             }
+            attrs.update({k: provenance[k] for k in ("created", "code_version", "libraries") if k in (provenance or {})})
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
             try:
@@ -461,7 +466,8 @@ def merge_stores(sources: Sequence[str | Path], dst: str | Path, *, chunk_rows: 
         if s.key != first.key or not s.rows.same_as(first.rows):
             raise StoreError(f"cannot merge {s.path} into {dst}: key/rows differ from {first.path}")
     out = FeatureStore.create(dst, name=first.name, spec=first.spec, rows=first.rows, view_shape=first.view_shape,
-                              num_views=first.num_views, dtype=first.dtype, chunk_rows=chunk_rows or first.chunk_rows)
+                              num_views=first.num_views, dtype=first.dtype, chunk_rows=chunk_rows or first.chunk_rows,
+                              provenance=dict(first.attrs))  # an export keeps when and by which code the features were made
     done = out.filled()
     step = max(out.chunk_rows, first.chunk_rows)
     for s in srcs:

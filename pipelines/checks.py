@@ -11,6 +11,9 @@ from typing import Iterable, Sequence
 
 from features.errors import UsageError
 
+# one launcher vocabulary for every command that can fan out (resize, extract, sweep, finetune-backbone)
+LAUNCHERS = ("none", "local", "slurm")  # this process | submitit local subprocesses | submitit SLURM jobs
+
 
 def closest(value: str, choices: Iterable[str]) -> str | None:
     """The choice closest to `value` (difflib ratio >= 0.6), or None."""

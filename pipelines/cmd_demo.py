@@ -228,7 +228,7 @@ def _run(cfg: DemoConfig) -> int:
     print(f"""
 files:
   {data}/             synthetic dataset (annotations/, clips_hq/, clips/)
-  {store}/            feature store: `lta store ls root={store}`
+  {store}/            feature store: `lta store ls store={store}`
   {runs_dir}/<config>/  run dirs: config.yaml, checkpoints/, metrics_val.json, ed_curve_val.png, tensorboard/
   {best_run / 'outputs.json'}  challenge file (test split)
   {report_path if cfg.report else '(report skipped)'}  open in a browser

@@ -143,6 +143,58 @@ def _validate(cfg: ExtractConfig) -> None:
         load_split(cfg.data, split)
 
 
+# keys that change how extraction runs, not what it writes: a finished store stays finished when only these differ
+OPERATIONAL_KEYS = ("device", "batch_size", "decode_workers", "progress", "launcher", "num_shards", "shard",
+                    "max_failed_frac", "lock_wait_sec")
+
+
+def _already_extracted(cfg: ExtractConfig) -> dict | None:
+    """The summary of a finished extraction of exactly this config, or None (then extraction runs).
+
+    Finished means: `<store>/extract_config.yaml` and `extract_summary.json` of a whole-store run, the same
+    config apart from `OPERATIONAL_KEYS` (and `slurm_*`), default or random weights only (a weights file
+    may have changed under the same path), and every listed store complete with the rows of today's
+    annotations. Then no model is built: a rerun with nothing to do takes a second.
+    """
+    from omegaconf import OmegaConf
+
+    from features.annotations import load_split
+    from features.store import FeatureStore, RowTable, store_path
+
+    store = Path(cfg.store)
+    cfg_file, summary_file = store / "extract_config.yaml", store / "extract_summary.json"
+    if cfg.shard != "0/1" or not cfg_file.is_file() or not summary_file.is_file():
+        return None
+    if any(w not in ("default", "random") for w in parse_weights(cfg.weights, cfg.extractors).values()):
+        return None
+    try:
+        before = OmegaConf.to_container(OmegaConf.load(cfg_file))
+        now = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
+        content = lambda c: {k: v for k, v in c.items() if k not in OPERATIONAL_KEYS and not k.startswith("slurm_")}  # noqa: E731
+        summaries = json.loads(summary_file.read_text())
+        if content(before) != content(now) or not isinstance(summaries, list) or len(summaries) != 1:
+            return None
+        summary = dict(summaries[0])
+        rows = RowTable.from_annotations([load_split(cfg.data, s) for s in cfg.splits])
+        keys = list(summary.get("store_keys") or [])
+        if len(keys) != len(cfg.extractors):
+            return None
+        for key in keys:
+            paths = [p for p in (store_path(store, key, "zarr"), store_path(store, key, "h5")) if p.exists()]
+            if not paths:
+                return None
+            with FeatureStore.open(paths[0]) as s:
+                if not s.rows.same_as(rows) or not bool(s.filled().all()):
+                    return None
+    except Exception as err:  # noqa: BLE001 - anything unreadable: extract normally (it reports real problems)
+        log.debug("extract: not skipping (%s)", err)
+        return None
+    summary.update(rows_done=0, rows_failed=0, rows_skipped=len(rows), rows_total=len(rows), clips=0,
+                   clips_failed=0, windows=0, wall_sec=0.0, model_sec=0.0, wait_sec=0.0, loop_sec=0.0,
+                   interrupted=False, models_built=False)
+    return summary
+
+
 def _run(cfg: ExtractConfig) -> int:
     from extract import launch
     from extract.pipeline import verify_stores
@@ -158,6 +210,12 @@ def _run(cfg: ExtractConfig) -> int:
         log.error("%s", err)
         return 2
     store = Path(cfg.store)
+    done = _already_extracted(cfg)
+    if done is not None:
+        _write_json(store / "extract_summary.json", [done])
+        print(f"lta extract: nothing to do: all {done['rows_total']} rows of {', '.join(done['store_keys'])} are "
+              f"already in {store} (same config; no model built)")
+        return 0
     try:
         if cfg.launcher == "none":
             shard, num_shards = parse_shard(cfg.shard)

@@ -2,10 +2,11 @@
 
     lta finetune-backbone data=DIR backbone=slowfast_r101_8x8 init=kinetics out=runs/ft_sf101
     torchrun --nproc_per_node 8 -m pipelines.cli finetune-backbone data=DIR out=RUN   # one node, 8 GPUs
-    lta finetune-backbone data=DIR out=RUN launcher=slurm nodes=2 gpus_per_node=8 partition=learnfair
+    lta finetune-backbone data=DIR out=RUN launcher=slurm nodes=2 gpus_per_node=8 slurm_partition=learnfair
 
 The run dir then feeds `lta extract` (`weights=RUN` for a slowfast_r101_8x8.* extractor), see extract/finetune/.
-Resuming is automatic: re-running the same command continues from RUN/checkpoints/last.pt.
+A run dir that holds a checkpoint is continued with resume=true (from RUN/checkpoints/last.pt) or replaced with
+overwrite=true, as for `lta train-heads`; a SLURM requeue (timeout, preemption) resumes by itself.
 Bad clips are listed in RUN/failures.jsonl and their segments dropped; past `max_failed_frac` the command
 exits 1 before training.
 """
@@ -16,9 +17,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import ClassVar, Optional, Sequence
 
-from pipelines.common import run_command
+from pipelines.common import UsageError, run_command
 from pipelines.config import opt, to_yaml
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class FinetuneConfig:
     data: str = opt("data/long_term_anticipation", "dataset root (annotations/, clips/)")
-    out: str = opt("runs/finetune", "run directory (checkpoints, backbone.pt, tb/)")
+    out: str = opt("runs/finetune", "run directory (checkpoints, backbone.pt, tensorboard/)")
     backbone: str = opt("slowfast_r101_8x8", "slowfast_r101_8x8 | slowfast_r50_8x8 | mvit_b_16x4")
     init: str = opt("kinetics", "kinetics[:PATH] | ego4d:PATH | random")
     train_split: str = opt("train", "split trained on")
@@ -56,18 +57,23 @@ class FinetuneConfig:
     val_every: int = opt(1, "validate every N epochs")
     device: str = opt("auto", "auto | cpu | cuda")
     precision: str = opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")
-    resume: bool = opt(True, "continue from out/checkpoints/last.pt when it exists")
+    resume: bool = opt(False, "continue from out/checkpoints/last.pt (a SLURM requeue always resumes)")
+    overwrite: bool = opt(False, "replace a run already in out (without it or resume=true that is an error)")
     max_failed_frac: float = opt(0.01, "exit 1 before training when bad clips (out/failures.jsonl) drop more than this fraction of segments")
-    launcher: str = opt("local", "local (this process / torchrun) | slurm (submitit)")
+    launcher: str = opt("none", "none (this process / torchrun) | local (a submitit local subprocess) | slurm (submitit)")
     nodes: int = opt(1, "SLURM nodes")
     gpus_per_node: int = opt(8, "SLURM GPUs (= tasks) per node")
-    cpus_per_task: int = opt(10, "SLURM CPUs per task (decoding workers)")
-    mem_gb: int = opt(0, "SLURM memory per node in GB (0 = cluster default)")
-    timeout_min: int = opt(4320, "SLURM time limit; on timeout the job requeues and resumes")
-    partition: str = opt("", "SLURM partition")
-    account: str = opt("", "SLURM account")
-    constraint: str = opt("", "SLURM constraint, e.g. volta32gb")
-    slurm_cluster: str = opt("slurm", "submitit cluster: slurm | local | debug (the last two for testing)")
+    slurm_cpus: int = opt(10, "SLURM CPUs per task (decoding workers)")
+    slurm_mem_gb: int = opt(0, "SLURM memory per node in GB (0 = cluster default)")
+    slurm_time_min: int = opt(4320, "SLURM time limit, minutes; on timeout the job requeues and resumes")
+    slurm_partition: str = opt("", "SLURM partition")
+    slurm_account: str = opt("", "SLURM account")
+    slurm_constraint: str = opt("", "SLURM constraint, e.g. volta32gb")
+    slurm_cluster: str = opt("slurm", "launcher=slurm: submitit cluster slurm, or local / debug (for testing)")
+    # one name per knob across commands; the old names still work, with a one-line deprecation
+    RENAMED_KEYS: ClassVar[dict] = {"timeout_min": "slurm_time_min", "partition": "slurm_partition",
+                                    "account": "slurm_account", "constraint": "slurm_constraint",
+                                    "mem_gb": "slurm_mem_gb", "cpus_per_task": "slurm_cpus"}
 
 
 def train_options(cfg: FinetuneConfig):
@@ -107,19 +113,21 @@ class SlurmTrainJob:
         return submitit.helpers.DelayedSubmission(SlurmTrainJob(dataclasses.replace(self.opts, resume=True)))
 
 
-def submit_slurm(cfg: FinetuneConfig, opts):
-    """Submit `opts` as a SLURM job of nodes x gpus_per_node tasks; returns the submitit Job."""
+def submit_slurm(cfg: FinetuneConfig, opts, cluster: str | None = None):
+    """Submit `opts` as a SLURM job of nodes x gpus_per_node tasks (or one local / debug task); returns the submitit Job."""
     import submitit
 
+    cluster = cluster or cfg.slurm_cluster
     folder = Path(cfg.out) / "slurm"
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=None if cfg.slurm_cluster == "slurm" else cfg.slurm_cluster)
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=None if cluster == "slurm" else cluster)
     params = dict(name=f"lta-ft-{Path(cfg.out).name}", nodes=cfg.nodes, tasks_per_node=cfg.gpus_per_node,
-                  gpus_per_node=cfg.gpus_per_node, cpus_per_task=cfg.cpus_per_task, timeout_min=cfg.timeout_min)
-    if cfg.mem_gb:
-        params["mem_gb"] = cfg.mem_gb
-    slurm = {"slurm_partition": cfg.partition, "slurm_account": cfg.account, "slurm_constraint": cfg.constraint}
+                  gpus_per_node=cfg.gpus_per_node, cpus_per_task=cfg.slurm_cpus, timeout_min=cfg.slurm_time_min)
+    if cfg.slurm_mem_gb:
+        params["mem_gb"] = cfg.slurm_mem_gb
+    slurm = {"slurm_partition": cfg.slurm_partition, "slurm_account": cfg.slurm_account,
+             "slurm_constraint": cfg.slurm_constraint}
     params.update({k: v for k, v in slurm.items() if v})
-    if cfg.slurm_cluster == "slurm":
+    if cluster == "slurm":
         params["slurm_signal_delay_s"] = 120
     else:  # local / debug executors take the generic keys only
         params = {k: v for k, v in params.items() if not k.startswith("slurm_") and k not in ("nodes", "gpus_per_node")}
@@ -130,18 +138,42 @@ def submit_slurm(cfg: FinetuneConfig, opts):
     return job
 
 
+def _check(cfg: FinetuneConfig) -> None:
+    """Launcher, cluster and the run dir (resume / overwrite) checked before anything is written."""
+    import shutil
+
+    from pipelines.checks import LAUNCHERS, check_choice
+
+    check_choice("launcher", cfg.launcher, list(LAUNCHERS), "launcher")
+    check_choice("slurm_cluster", cfg.slurm_cluster, ["slurm", "local", "debug"], "submitit cluster")
+    last = Path(cfg.out) / "checkpoints" / "last.pt"
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("resume=true and overwrite=true contradict each other: pass one of them")
+    if last.is_file() and not cfg.resume:
+        if not cfg.overwrite:
+            raise UsageError(f"out={cfg.out} already holds a run ({last}); pass resume=true to continue it, "
+                             f"overwrite=true to replace it, or another out=DIR")
+        if int(os.environ.get("RANK", "0")) == 0:
+            log.warning("overwrite=true: removing the run in %s", cfg.out)
+            for name in ("checkpoints", "tensorboard", "metrics.jsonl", "backbone.pt", "backbone.json", "heads.pt"):
+                path = Path(cfg.out) / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def _run(cfg: FinetuneConfig) -> int:
+    _check(cfg)
     opts = train_options(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out) / "config.yaml").write_text(to_yaml(cfg))
+    if cfg.launcher == "local":  # one submitit local subprocess, waited for (as the other commands' launcher=local)
+        submit_slurm(cfg, opts, cluster="local").result()
+        return 0
     if cfg.launcher == "slurm":
         job = submit_slurm(cfg, opts)
         if cfg.slurm_cluster == "debug":
             job.result()  # the debug executor runs the job in this process on result()
         return 0
-    if cfg.launcher != "local":
-        raise ValueError(f"unknown launcher {cfg.launcher!r}; expected local or slurm")
     from extract.finetune.train import TooManyFailures, finetune
 
     try:

@@ -5,9 +5,10 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
-from pipelines.common import run_command
+from pipelines.checks import LAUNCHERS, did_you_mean
+from pipelines.common import UsageError, run_command
 from pipelines.config import opt
 
 log = logging.getLogger(__name__)
@@ -21,12 +22,13 @@ class ResizeConfig:
     crf: int = opt(28, "libx264 CRF (reference: 28)")
     keyframe_interval: int = opt(30, "ffmpeg -g: frames between keyframes, bounds the cost of a seek")
     preset: str = opt("medium", "libx264 preset (reference: the default, medium)")
-    launcher: str = opt("joblib", "joblib (this process) | local (submitit subprocesses) | slurm (submitit array)")
+    launcher: str = opt("none", "none (this process, `jobs` joblib workers) | local (submitit subprocesses) | slurm (submitit array)")
     slurm_partition: str = opt("", "SLURM partition (launcher=slurm)")
     slurm_cpus: int = opt(4, "CPUs per SLURM job")
     slurm_mem_gb: int = opt(8, "memory per SLURM job")
     slurm_time_min: int = opt(120, "time limit per SLURM job, minutes")
     max_failed_frac: float = opt(0.0, "exit 1 when more than this fraction of clips failed")
+    RENAMED_VALUES: ClassVar[dict] = {"launcher": {"joblib": "none"}}  # one launcher vocabulary for every command
 
 
 def resize_shard(args: tuple[str, list[str], dict, int]) -> list[dict]:
@@ -46,7 +48,7 @@ def _run(cfg: ResizeConfig) -> int:
     data = Path(cfg.data)
     uids = list_raw_clips(data)
     t0 = time.perf_counter()
-    if cfg.launcher == "joblib":
+    if cfg.launcher == "none":
         results = resize_shard((str(data), uids, asdict(params), cfg.jobs))
     elif cfg.launcher in launch.LAUNCHERS:
         shards = [(str(data), uids[i::cfg.jobs], asdict(params), 1) for i in range(cfg.jobs) if uids[i::cfg.jobs]]
@@ -56,8 +58,8 @@ def _run(cfg: ResizeConfig) -> int:
                                  params=slurm, job_name="lta-resize")
         results = [r for part in parts for r in part]
     else:
-        print(f"lta resize: unknown launcher {cfg.launcher!r}; available: ['joblib', 'local', 'slurm']")
-        return 2
+        raise UsageError(f"launcher={cfg.launcher}: unknown launcher{did_you_mean(cfg.launcher, LAUNCHERS)}; "
+                         f"valid: {list(LAUNCHERS)}")
     wall = time.perf_counter() - t0
     write_manifest(data, params)
     failed = [r for r in results if r["status"] == "failed"]

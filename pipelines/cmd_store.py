@@ -5,9 +5,9 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
-from pipelines.common import run_command
+from pipelines.common import UsageError, run_command
 from pipelines.config import opt
 
 log = logging.getLogger(__name__)
@@ -15,13 +15,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LsConfig:
-    root: str = opt("cache/features", "store root holding <key>.zarr / <key>.h5")
+    store: str = opt("cache/features", "feature store root holding <key>.zarr / <key>.h5")
+    RENAMED_KEYS: ClassVar[dict] = {"root": "store"}  # before the one-name-per-knob rename
 
 
 @dataclass
 class VerifyConfig:
-    root: str = opt("cache/features", "store root")
-    key: str = opt("", "only this cache key (default: every store under root)")
+    store: str = opt("cache/features", "feature store root")
+    key: str = opt("", "only this cache key (default: every store under the root)")
+    RENAMED_KEYS: ClassVar[dict] = {"root": "store"}
 
 
 @dataclass
@@ -63,7 +65,9 @@ def _ls(cfg: LsConfig) -> int:
 
     header = ["key", "extractor", "filled/total", "dtype", "shape", "size", "created", "code"]
     table = []
-    for path in store_paths(cfg.root):
+    from pipelines.checks import check_dir
+
+    for path in store_paths(check_dir("store", cfg.store, "feature store root")):
         try:
             s = FeatureStore.open(path)
         except Exception as err:  # one bad store must not hide the others
@@ -77,17 +81,22 @@ def _ls(cfg: LsConfig) -> int:
     for row in [header, *table]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
     if not table:
-        print(f"(no stores under {cfg.root})")
+        print(f"(no stores under {cfg.store})")
     return 0
 
 
 def _verify(cfg: VerifyConfig) -> int:
     from features.store import FeatureStore, store_paths
 
-    paths = [p for p in store_paths(cfg.root) if not cfg.key or p.stem == cfg.key]
+    from pipelines.checks import check_dir, did_you_mean
+
+    every = store_paths(check_dir("store", cfg.store, "feature store root"))
+    if not every:
+        raise UsageError(f"store={cfg.store}: no stores (<key>.zarr / <key>.h5) under this root; nothing to verify")
+    paths = [p for p in every if not cfg.key or p.stem == cfg.key]
     if cfg.key and not paths:
-        print(f"lta store verify: no store with key {cfg.key!r} under {cfg.root}", file=sys.stderr)
-        return 2
+        raise UsageError(f"key={cfg.key}: no such store under {cfg.store}{did_you_mean(cfg.key, [p.stem for p in every])}; "
+                         f"stores there: {[p.stem for p in every]}")
     failed = 0
     for path in paths:
         try:

@@ -174,6 +174,26 @@ def load_yaml(path: Path | str) -> Any:
         raise ConfigError(f"{path}: not a text file ({err})") from None
 
 
+def _renamed(schema: type, item: str) -> str:
+    """`item` with a deprecated key or value replaced by its new name, printing a one-line deprecation.
+
+    A schema lists them as class attributes: `RENAMED_KEYS = {"root": "store"}` and
+    `RENAMED_VALUES = {"launcher": {"joblib": "none"}}`.
+    """
+    import sys
+
+    key, value = item.split("=", 1)
+    new_key = getattr(schema, "RENAMED_KEYS", {}).get(key)
+    if new_key:
+        print(f"lta: {key}= is deprecated, use {new_key}= (accepted this time)", file=sys.stderr)
+        key = new_key
+    new_value = getattr(schema, "RENAMED_VALUES", {}).get(key, {}).get(value)
+    if new_value is not None:
+        print(f"lta: {key}={value} is deprecated, use {key}={new_value} (accepted this time)", file=sys.stderr)
+        value = new_value
+    return f"{key}={value}"
+
+
 def parse_config(schema: type[T], argv: Sequence[str]) -> T:
     """Build a frozen config object of type `schema` from `argv` (`key=value` items, optional `config=FILE`).
 
@@ -188,6 +208,7 @@ def parse_config(schema: type[T], argv: Sequence[str]) -> T:
     for item in argv:
         if "=" not in item:
             raise ConfigError(f"expected key=value, got {item!r} (see --help)")
+        item = _renamed(schema, item)
         key, value = item.split("=", 1)
         if key == "config":
             config_files.append(Path(value))

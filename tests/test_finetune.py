@@ -160,7 +160,7 @@ def test_training_learns_the_sample(sample, tmp_path):
     opts = dict(TINY, warmup_steps=8)
     result = finetune(TrainOptions(data=str(sample), out=str(tmp_path / "run"), **opts, batch_size=8, epochs=12, lr=0.1,
                                    dropout=0.0, val_every=4))
-    ev = tmp_path / "run" / "tb"
+    ev = tmp_path / "run" / "tensorboard"
     assert ev.is_dir() and any(ev.iterdir())
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     val_noun = load_split(sample, "val").noun

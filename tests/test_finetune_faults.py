@@ -138,7 +138,7 @@ def test_too_many_failures_exit_1_before_training(broken, tmp_path, caplog):
     assert f"the clip probe dropped {dropped} of {total} segments" in caplog.text and "max_failed_frac=0.01" in caplog.text
     assert str(run / "failures.jsonl") in caplog.text
     assert len(_records(run)) == len(BAD)
-    assert not (run / "checkpoints").exists() and not (run / "backbone.pt").exists() and not (run / "tb").exists()
+    assert not (run / "checkpoints").exists() and not (run / "backbone.pt").exists() and not (run / "tensorboard").exists()
 
 
 def test_clip_damaged_after_the_probe_is_recorded_and_replaced(clean, tmp_path):

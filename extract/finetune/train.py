@@ -18,10 +18,10 @@ from our checkpoint always use eval-mode BN (the running stats written here). `b
 keeps BN in eval mode while the rest trains, for per-device batches too small for batch statistics.
 The reference's precise-BN pass (200 batches) is not implemented.
 
-Run directory: checkpoints/last.pt (model, optimiser, scheduler, step; resumed automatically) and
+Run directory: checkpoints/last.pt (model, optimiser, scheduler, step; resumed with resume=true) and
 checkpoints/rng_rank<r>.pt (every RNG stream as tensors/ints; all files load with `weights_only=True`),
 backbone.pt + backbone.json + heads.pt (the export `lta extract` loads, see extract/finetune/model.py),
-metrics.jsonl (one line per validation), tb/ (TensorBoard), failures.jsonl (bad clips, see below).
+metrics.jsonl (one line per validation), tensorboard/ (TensorBoard, as train-heads), failures.jsonl (bad clips, see below).
 
 Bad input: before training every clip of the train and val splits is probed (`extract.finetune.data.probe_split`);
 bad clips go to failures.jsonl (stage "finetune-probe": clip_uid, path, rows dropped, reason) and their
@@ -307,7 +307,7 @@ def finetune(opts: TrainOptions, *, on_probed: Callable[[list[ProbeReport]], Non
         from torch.utils.tensorboard import SummaryWriter
 
         out.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(out / "tb"))
+        writer = SummaryWriter(str(out / "tensorboard"))
         log.info("%s: %d train / %d val segments, %d verbs, %d nouns; batch %d = %d proc x %d accum x %d, "
                  "%d steps/epoch, %d epochs, lr %g", spec.name, len(train_ds), len(val_ds or []), taxonomy.num_verbs,
                  taxonomy.num_nouns, plan.batch_size, dist.world_size, opts.accum_steps, plan.micro_batch,
