@@ -4,12 +4,14 @@ The aggregator, decoder and backbone head projection of `lta_slowfast_trf.ckpt` 
 `lta_mvit_concat.ckpt`) become a stage-two ForecastModel; `lta evaluate run=RUN_DIR` and
 `lta predict run=RUN_DIR` then reproduce the released baseline on cached features, with no training.
 The run records the cache key of the features it reads: those must come from the same checkpoint's
-backbone trunk (`lta extract ... weights=<the same .ckpt>`), because the LTA training kept updating
-the frozen backbone's BatchNorm statistics.
+backbone trunk (`lta extract extractors=[slowfast_ckpt.ego4d] weights=<the same .ckpt>`), because the LTA
+training kept updating the frozen backbone's BatchNorm statistics. A store whose weights checksum is another
+file's (e.g. the recognition checkpoint ego4d_slowfast8x8.ckpt) is refused unless allow_foreign_features=true.
+Like trained runs, the run records num_seen (8) and the window convention, so evaluate / predict score and
+write the same key set for imported and trained heads.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -31,6 +33,11 @@ class ImportCheckpointConfig:
     cache_key: str = opt("", "cache key of those features (default: the one store under `store` that fits)")
     modality: str = opt("", "modality name fed to the projection (default from MODEL.ARCH: slowfast or mvit)")
     require_features: bool = opt(True, "fail when no fitting feature store exists (false: record an empty cache key)")
+    allow_foreign_features: bool = opt(False, "accept a store extracted with other weights than this checkpoint's backbone")
+    num_input: int = opt(0, "observed segments N_in of the head (0: the checkpoint's FORECASTING.NUM_INPUT_CLIPS; "
+                            "the transformer head takes any, concat only its own)")
+    num_seen: int = opt(8, "observed segments defining the val/test key set, as train-heads (challenge: 8)")
+    convention: str = opt("plus_one", "val/test window range, as train-heads: plus_one (superset) or challenge")
 
 
 def _find_cache_key(cfg: ImportCheckpointConfig, modality: str, feature_dim: int, ckpt_path: Path) -> str:
@@ -43,9 +50,9 @@ def _find_cache_key(cfg: ImportCheckpointConfig, modality: str, feature_dim: int
         from features.store import open_root
 
         stores = [s for s in open_root(root) if s.name.startswith(modality) and s.feature_shape[-1] == feature_dim]
-    if len(stores) > 1:  # prefer stores whose spec names this checkpoint file (its weights source)
-        named = [s for s in stores if ckpt_path.name in json.dumps(s.spec, default=str)]
-        stores = named or stores
+    if len(stores) > 1:  # prefer stores extracted with this checkpoint's own weights
+        own = [s for s in stores if _weights_sha256(s.spec) == _sha256(ckpt_path)]
+        stores = own or stores
     if len(stores) == 1:
         return stores[0].key
     if not stores and not cfg.require_features:
@@ -59,6 +66,39 @@ def _find_cache_key(cfg: ImportCheckpointConfig, modality: str, feature_dim: int
     )
 
 
+def _sha256(path: Path) -> str:
+    from extract.weights import sha256_file
+
+    return sha256_file(path)
+
+
+def _weights_sha256(spec: dict) -> str:
+    return str((spec.get("extractor") or {}).get("weights_sha256", ""))
+
+
+def check_pairing(store_root: Path, cache_key: str, ckpt_path: Path, *, allow_foreign: bool) -> None:
+    """Refuse (ValueError, one line) features of store `cache_key` extracted with weights other than `ckpt_path`:
+    the reference trained the released heads on their own checkpoint's backbone in train mode, so its batch-norm
+    statistics differ from every other checkpoint's. A store that does not exist (yet) is not checked."""
+    path = store_root / f"{cache_key}.zarr"
+    if not cache_key or not path.exists():
+        if cache_key:
+            log.warning("store %s not found: the pairing of its features with %s is not checked", path, ckpt_path.name)
+        return
+    from features.store import FeatureStore
+
+    ext = FeatureStore.open(path).spec.get("extractor") or {}
+    have, want = str(ext.get("weights_sha256", "")), _sha256(ckpt_path)
+    if have == want:
+        return
+    msg = (f"store {cache_key} was extracted with weights {ext.get('weights', '?')} (sha256 {have[:12] or 'none'}), "
+           f"not with the backbone of {ckpt_path} (sha256 {want[:12]}); extract with extractors=[slowfast_ckpt.ego4d] "
+           f"weights={ckpt_path}, or pass allow_foreign_features=true")
+    if not allow_foreign:
+        raise ValueError(msg)
+    log.warning("allow_foreign_features=true: %s", msg)
+
+
 def _run(cfg: ImportCheckpointConfig) -> int:
     from features.checkpoint_io import describe, load_lightning_checkpoint
     from train_heads.import_ckpt import check_taxonomy, import_lta_checkpoint
@@ -69,7 +109,7 @@ def _run(cfg: ImportCheckpointConfig) -> int:
         return 2
     ckpt_path = Path(cfg.ckpt)
     ckpt = load_lightning_checkpoint(ckpt_path)
-    model, info = import_lta_checkpoint(ckpt, modality=cfg.modality or None)
+    model, info = import_lta_checkpoint(ckpt, modality=cfg.modality or None, num_input=cfg.num_input or None)
     if cfg.data:
         try:
             check_taxonomy(cfg.data, info.model_cfg)
@@ -78,7 +118,8 @@ def _run(cfg: ImportCheckpointConfig) -> int:
             return 2
     try:
         cache_key = _find_cache_key(cfg, info.modality, info.feature_dim, ckpt_path)
-    except LookupError as err:
+        check_pairing(Path(cfg.store), cache_key, ckpt_path, allow_foreign=cfg.allow_foreign_features)
+    except (LookupError, ValueError) as err:
         print(f"lta import-checkpoint: {err}", file=sys.stderr)
         return 2
     full_cfg = {
@@ -86,6 +127,8 @@ def _run(cfg: ImportCheckpointConfig) -> int:
         "imported_from": {"ckpt": str(ckpt_path.resolve()), "config": describe(ckpt)},
         "store": str(Path(cfg.store).resolve()),  # absolute: the run dir works from any directory
         "data": str(Path(cfg.data).resolve()) if cfg.data else "",  # "" (not given): evaluate / predict then need data=DIR
+        "num_seen": cfg.num_seen,  # the key set of trained runs (Run.num_seen), not N_in
+        "convention": cfg.convention,
     }
     path = save_run(cfg.out, model, full_cfg, {info.modality: cache_key},
                     metrics={"imported_from": str(ckpt_path.resolve())}, extra_state={"epoch": ckpt.meta.get("epoch")})

@@ -129,12 +129,15 @@ def lta_model_config(ckpt: LoadedCheckpoint, *, modality: str | None = None) -> 
     return model_cfg, modality, feature_dim
 
 
-def import_lta_checkpoint(path: str | Path | LoadedCheckpoint, *, modality: str | None = None):
+def import_lta_checkpoint(path: str | Path | LoadedCheckpoint, *, modality: str | None = None,
+                          num_input: int | None = None):
     """Build the ForecastModel equivalent to a released LTA checkpoint and load its weights strictly.
 
     Args:
         path: `lta_slowfast_trf.ckpt`-style file (or an already loaded checkpoint).
         modality: name of the feature modality feeding the projection; default from MODEL.ARCH.
+        num_input: N_in of the head (default: FORECASTING.NUM_INPUT_CLIPS). The transformer aggregator
+            takes any N_in up to its positional table; the concat aggregator's weights fix its own.
 
     Returns:
         (ForecastModel in eval mode, ImportInfo).
@@ -147,6 +150,11 @@ def import_lta_checkpoint(path: str | Path | LoadedCheckpoint, *, modality: str 
     ckpt = path if isinstance(path, LoadedCheckpoint) else load_lightning_checkpoint(path)
     source = str(ckpt.meta.get("path", "checkpoint"))
     model_cfg, modality, feature_dim = lta_model_config(ckpt, modality=modality)
+    if num_input and int(num_input) != model_cfg["num_input"]:
+        if model_cfg["aggregator"] != "transformer":
+            raise CheckpointError(f"{source}: a {model_cfg['aggregator']} head trained with N_in={model_cfg['num_input']} "
+                                  f"cannot take num_input={num_input}")
+        model_cfg["num_input"] = int(num_input)
     converted, skipped = convert_lta_state_dict(ckpt.state_dict, modality)
     model = build_model(model_cfg)
     expected = model.state_dict()
