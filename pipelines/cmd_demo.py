@@ -172,6 +172,20 @@ def _stage_predict(run: Path, generator: str, data: Path, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def _readme_status(summary: dict, path: Path) -> None:
+    """Say whether README.md's results block is this run's (when the run has the block's settings)."""
+    from pipelines import readme_results
+
+    try:
+        same = readme_results.matches(summary)
+    except (OSError, ValueError):  # an installed copy without README.md
+        return
+    if same is True:
+        print("README.md results table: up to date with this run")
+    elif same is False:
+        print(f"README.md results table differs from this run: python -m pipelines.readme_results {path}")
+
+
 def _run(cfg: DemoConfig) -> int:
     out = Path(cfg.out)
     data, store, runs_dir = out / "data", out / "cache", out / "runs"
@@ -209,7 +223,9 @@ def _run(cfg: DemoConfig) -> int:
         from pipelines import cmd_report
 
         st.run("report", f"{report_path}", lambda: _check(cmd_report.main(
-            [f"run={runs[best['run']]}", "split=val", f"out={report_path}", f"generator={best['generator']}"]), "report"))
+            [f"run={runs[best['run']]}", "split=val", f"out={report_path}", f"generator={best['generator']}",
+             f"generators=[{','.join(cfg.generators)}]", f"baselines=[{','.join(BASELINES)}]", "mbr_samples=64"]),
+            "report"))  # the evaluate settings above: the report reuses that metrics_val.json (same fingerprint)
     num_val = next(iter(metrics.values())).get("num_windows", 0)
     _print_table(rows, num_val)
     beats = {r["method"]: r["action"] < prior["action"] and r["verb"] < prior["verb"] for r in heads}
@@ -222,8 +238,12 @@ def _run(cfg: DemoConfig) -> int:
         "store_keys": extract["store_keys"], "rows": extract["rows_total"], "val_windows": num_val,
         "table": rows, "best": best, "test": {k: test[k] for k in ("verb_ed", "noun_ed", "action_ed", "num_keys_scored")},
         "beats_frequency_prior": beats, "stage_sec": st.times, "total_sec": round(time.perf_counter() - t0, 1),
+        "settings": {"clips": cfg.clips, "seed": cfg.seed, "epochs": cfg.epochs, "crop_size": cfg.crop_size,
+                     "configs": list(cfg.configs), "generators": list(cfg.generators)},
+        "run_configs": {config_path(name).stem: name for name in cfg.configs},
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    _readme_status(summary, out / SUMMARY_FILE)
     best_run = runs[best["run"]]
     print(f"""
 files:

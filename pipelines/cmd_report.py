@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipelines.cmd_evaluate import EvaluateConfig
 from pipelines.common import run_command
 from pipelines.config import opt
 
@@ -26,6 +27,9 @@ class ReportConfig:
     seed: int = opt(0, "seed of the window draw and of the sampled sequences (same as lta predict)")
     checkpoint: str = opt("best", "checkpoint name in <run>/checkpoints")
     generator: str = opt("sample", "generation strategy of the shown sequences")
+    generators: list[str] = opt(list(EvaluateConfig().generators),
+                                "generators of the ED table (as lta evaluate's; the shown one is added)")
+    baselines: list[str] = opt(list(EvaluateConfig().baselines), "baselines of the ED table (as lta evaluate's)")
     temperature: float = opt(1.0, "sampling temperature of the shown sequences")
     mbr_samples: int = opt(64, "draws per window for the mbr generators")
     thumb_width: int = opt(160, "thumbnail width in pixels")
@@ -35,12 +39,9 @@ class ReportConfig:
 
 
 def _table_settings(cfg: ReportConfig) -> tuple[list[str], list[str]]:
-    """(generators, baselines) of the report's ED table: `lta evaluate`'s defaults, plus the shown generator."""
-    from pipelines.cmd_evaluate import EvaluateConfig
-
-    defaults = EvaluateConfig()
-    generators = list(defaults.generators) + ([cfg.generator] if cfg.generator not in defaults.generators else [])
-    return generators, list(defaults.baselines)
+    """(generators, baselines) of the report's ED table: `generators` plus the shown generator, `baselines`."""
+    generators = list(cfg.generators) + ([cfg.generator] if cfg.generator not in cfg.generators else [])
+    return generators, list(cfg.baselines)
 
 
 def _read_json(path: Path) -> dict:

@@ -50,6 +50,7 @@ def test_demo_outputs_are_complete(demo_run):
     assert scores["num_keys_missing"] == 0 and scores["action_ed"] == summary["test"]["action_ed"]
     html = (out / "report.html").read_text()
     assert html.count("data:image/jpeg;base64,") >= 6 and "random" in html
+    assert not (best / "report_cache").exists()  # the report's ED table is the demo's evaluate (same fingerprint)
     assert summary["rows"] == sum(1 for split in ("train", "val", "test") for _ in _segments(out, split))
     for run in ("slowfast_concat", "video_clip", "ar_transformer"):
         assert (out / "runs" / run / "metrics_val.json").is_file()

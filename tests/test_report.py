@@ -351,6 +351,12 @@ def test_a_partial_or_damaged_evaluate_is_not_shown(run_copy, tmp_path):
     assert sorted(shown) == sorted(k[: -len(".action_ed")] for k in full if k.endswith(".action_ed"))
     assert all(shown[m] == [f"{full[f'{m}.{c}']:.4f}" for c in ED_COLUMNS] for m in shown)
     assert (run_copy / "metrics_val.json").read_bytes() == user_file  # the user's partial evaluate is kept
+    # asked for that evaluate's settings, the report shows exactly its rows, without evaluating again
+    cache_mtime = Path(REPORT_METRICS.format(run=run_copy)).stat().st_mtime_ns
+    assert cmd_report.main([f"run={run_copy}", "split=val", f"out={out}", "windows=1", "seed=1", "generators=[sample]",
+                            "baselines=[frequency_prior]"]) == 0
+    assert sorted(_ed_rows(_parse(out.read_text()))) == sorted(k[: -len(".action_ed")] for k in partial)
+    assert Path(REPORT_METRICS.format(run=run_copy)).stat().st_mtime_ns == cache_mtime
 
 
 def _git_version() -> str:
