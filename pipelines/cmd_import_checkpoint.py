@@ -92,8 +92,8 @@ def check_pairing(store_root: Path, cache_key: str, ckpt_path: Path, *, allow_fo
     if have == want:
         return
     msg = (f"store {cache_key} was extracted with weights {ext.get('weights', '?')} (sha256 {have[:12] or 'none'}), "
-           f"not with the backbone of {ckpt_path} (sha256 {want[:12]}); extract with extractors=[slowfast_ckpt.ego4d] "
-           f"weights={ckpt_path}, or pass allow_foreign_features=true")
+           f"not with the backbone of {ckpt_path} (sha256 {want[:12]}); extract with weights={ckpt_path} (extractors="
+           f"[slowfast_ckpt.ego4d] for SlowFast, [mvit_b_16x4.ego4d] for MViT), or pass allow_foreign_features=true")
     if not allow_foreign:
         raise ValueError(msg)
     log.warning("allow_foreign_features=true: %s", msg)
