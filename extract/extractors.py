@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 VIDEO_MEAN, VIDEO_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 RANDOM_SEED = 0
+PRECISIONS = ("fp32", "bf16")
+SLOW_PATHWAYS = ("per_slot", "slot_independent")
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,20 @@ class ExtractorSpec:
     weights_sha256: str = ""
     target_fps: float = 30.0
     arch_kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    # test-time sampling of the reference LTA loader (extract/decode.py), set by `configure_sampling`
+    num_input_clips: tuple[int, ...] = (1,)  # the N_in values reproduced (all >= 2, or just 1)
+    linspace: str = "torch19"  # "torch19" (the reference's torch 1.9) | "torch" (the installed torch)
+    slow_pathway: str = ""  # SlowFast: "per_slot" (exact) | "slot_independent"; "" for other models
+    slots: tuple[tuple[int, int], ...] = ()  # (N_in, j) of each stored slot variant; () = slot-independent
+    slow_positions: tuple[tuple[int, ...], ...] = ()  # slow-pathway positions in the T frames, per slot (or the one shared)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def num_slots(self) -> int:
+        """Stored variants per view: one per (N_in, slot) for slot-dependent features, else 1."""
+        return max(len(self.slots), 1)
 
 
 _REGISTRY: dict[str, Callable[..., "Extractor"]] = {}
@@ -91,7 +104,9 @@ def list_extractors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_extractor(name: str, *, weights: str = "default", device: str = "cpu", crop_size: int | None = None) -> "Extractor":
+def create_extractor(name: str, *, weights: str = "default", device: str = "cpu", crop_size: int | None = None,
+                     num_input_clips: Any = 1, slow_pathway: str = "per_slot", linspace: str = "torch19",
+                     precision: str = "fp32") -> "Extractor":
     """Build extractor `name` on `device` (heavy imports happen here).
 
     Args:
@@ -99,6 +114,8 @@ def create_extractor(name: str, *, weights: str = "default", device: str = "cpu"
             `lta finetune-backbone` run dir (or its backbone.pt) for `<video arch>.<run name>`.
         crop_size: override of the spec's crop (CPU-sized runs); short side scales with it. A
             fine-tuned run fixes its own crop, so only None or that crop is accepted there.
+        num_input_clips, slow_pathway, linspace: test-time sampling (`Extractor.configure_sampling`).
+        precision: "fp32" (the reference) | "bf16" (autocast on the device; about 1e-3 relative error).
 
     Raises:
         ValueError: unknown name (lists the available ones) or weights the name cannot use
@@ -119,7 +136,12 @@ def create_extractor(name: str, *, weights: str = "default", device: str = "cpu"
         raise ValueError(f"unknown extractor {name!r}; available: {list_extractors()}, clip_<open_clip arch>.<tag>, "
                          f"or <{'|'.join(FINETUNE_ARCHS)}>.<run name> with weights=RUN_DIR of `lta finetune-backbone`")
     check_device(device)
-    return builder(weights=weights, device=device, crop_size=crop_size)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    ext = builder(weights=weights, device=device, crop_size=crop_size)
+    ext.precision = precision
+    ext.configure_sampling(num_input_clips, slow_pathway=slow_pathway, linspace=linspace)
+    return ext
 
 
 def check_device(device: str) -> None:
@@ -161,11 +183,37 @@ class Extractor:
         self.spec = spec
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.precision = "fp32"  # "bf16": autocast on the device (create_extractor sets it)
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec.name!r}, weights={self.spec.weights!r}, device={self.device})"
+
+    def configure_sampling(self, num_input_clips: Any = 1, *, slow_pathway: str = "per_slot",
+                           linspace: str = "torch19") -> None:
+        """Record the reference LTA loader settings the features reproduce (they enter the cache key).
+
+        `num_input_clips`: an int or a list of N_in values, all >= 2 or just 1 (N_in >= 2 adds the
+        64-frame step, extract/decode.py). Only slot-dependent models (SlowFast) store one variant per
+        (N_in, slot); the others store one.
+        """
+        from extract.decode import LINSPACE_MODES
+
+        ns = sorted({int(n) for n in (num_input_clips if isinstance(num_input_clips, (list, tuple)) else [num_input_clips])})
+        if not ns or ns[0] < 1 or (ns[0] == 1 and len(ns) > 1):
+            raise ValueError(f"num_input_clips={num_input_clips}: give N_in values >= 2, or just 1 (N_in=1 has no "
+                             "64-frame step, so its frames differ; extract it into a store of its own)")
+        if linspace not in LINSPACE_MODES:
+            raise ValueError(f"linspace must be one of {list(LINSPACE_MODES)}, got {linspace!r}")
+        if slow_pathway not in SLOW_PATHWAYS:
+            raise ValueError(f"slow_pathway must be one of {list(SLOW_PATHWAYS)}, got {slow_pathway!r}")
+        self.spec = dataclasses.replace(self.spec, num_input_clips=tuple(ns), linspace=linspace,
+                                        **self._slot_fields(tuple(ns), slow_pathway, linspace))
+
+    def _slot_fields(self, ns: tuple[int, ...], slow_pathway: str, linspace: str) -> dict:
+        """Spec fields `slow_pathway`, `slots`, `slow_positions` (models without a slot dependence: none)."""
+        return {}
 
     def preprocess(self, frames: "torch.Tensor") -> Any:
         raise NotImplementedError
@@ -173,7 +221,11 @@ class Extractor:
     def forward(self, inputs: Any) -> "torch.Tensor":
         raise NotImplementedError
 
-    def __call__(self, frames: Any) -> "torch.Tensor":
+    def forward_slot(self, inputs: Any, slot: int) -> "torch.Tensor":
+        """The model on `inputs` for stored slot variant `slot` (spec.slots); slot-independent models ignore it."""
+        return self.forward(inputs)
+
+    def _checked(self, frames: Any) -> "torch.Tensor":
         import torch
 
         frames = torch.as_tensor(frames)
@@ -181,9 +233,31 @@ class Extractor:
             raise ValueError(f"{self.spec.name}: expected uint8 frames (N, T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
         if frames.shape[1] != self.spec.num_frames:
             raise ValueError(f"{self.spec.name}: expected {self.spec.num_frames} frames per window, got {frames.shape[1]}")
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            out = self.forward(self.preprocess(frames.to(self.device, non_blocking=True)))
+        return frames
+
+    def _autocast(self) -> Any:
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def __call__(self, frames: Any, *, slot: int = 0) -> "torch.Tensor":
+        """float32 (N, *view_shape) on the CPU for slot variant `slot` (0: the only one of slot-independent models)."""
+        import torch
+
+        frames = self._checked(frames)
+        with torch.inference_mode(), self._autocast():
+            out = self.forward_slot(self.preprocess(frames.to(self.device, non_blocking=True)), slot)
         return out.float().cpu().reshape(len(frames), *self.spec.view_shape)
+
+    def call_slots(self, frames: Any) -> "torch.Tensor":
+        """float32 (N, num_slots, *view_shape): every stored slot variant, preprocessing the frames once."""
+        import torch
+
+        frames = self._checked(frames)
+        with torch.inference_mode(), self._autocast():
+            x = self.preprocess(frames.to(self.device, non_blocking=True))
+            outs = [self.forward_slot(x, j).float().cpu() for j in range(self.spec.num_slots)]
+        return torch.stack(outs, 1).reshape(len(frames), self.spec.num_slots, *self.spec.view_shape)
 
 
 class VideoExtractor(Extractor):
@@ -196,13 +270,14 @@ class VideoExtractor(Extractor):
         s = self.spec
         n, t, h, w, _ = frames.shape
         x = frames.permute(0, 1, 4, 2, 3).reshape(n * t, 3, h, w).float()  # (N*T, 3, H, W)
+        # the reference order: /255, Normalize (torchvision: sub mean, div std), then scale and crop
+        mean = torch.tensor(s.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(s.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+        x = (x / 255.0 - mean) / std
         # pytorchvideo short_side_scale: floor of the long side, bilinear, align_corners=False
         new_h, new_w = (int(math.floor(h / w * s.short_side)), s.short_side) if w < h else (s.short_side, int(math.floor(w / h * s.short_side)))
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
         x = center_crop(x, s.crop_size)
-        mean = torch.tensor(s.mean, device=x.device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(s.std, device=x.device).view(1, 3, 1, 1) * 255.0
-        x = (x - mean) / std
         return x.reshape(n, t, 3, s.crop_size, s.crop_size).transpose(1, 2).contiguous()  # (N, 3, T, S, S)
 
 
@@ -230,11 +305,31 @@ class SlowFastExtractor(VideoExtractor):
         )
         return cls(spec, model, device)
 
-    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+    def _slot_fields(self, ns: tuple[int, ...], slow_pathway: str, linspace: str) -> dict:
+        """per_slot: one variant per (N_in, j), slow frames as the LTA loader folds them; slot_independent:
+        one variant with the recognition loader's slow frames linspace(0, T-1, T/alpha)."""
+        from extract.decode import slow_positions
+
+        t = self.spec.num_frames
+        if slow_pathway == "slot_independent":
+            return {"slow_pathway": slow_pathway, "slots": (),
+                    "slow_positions": (tuple(slow_positions(t, 1, alpha=self.ALPHA, linspace=linspace)[0].tolist()),)}
+        slots = tuple((n, j) for n in ns for j in range(n))
+        pos = tuple(tuple(p.tolist()) for n in ns for p in slow_positions(t, n, alpha=self.ALPHA, linspace=linspace))
+        return {"slow_pathway": slow_pathway, "slots": slots, "slow_positions": pos}
+
+    def forward_slot(self, x: "torch.Tensor", slot: int) -> "torch.Tensor":
+        return self.forward(x, slot=slot)
+
+    def forward(self, x: "torch.Tensor", slot: int = 0) -> "torch.Tensor":
+        """x (N, 3, T, S, S) fast pathway; the slow pathway takes spec.slow_positions[slot] of its frames."""
         import torch
 
-        t = x.shape[2]
-        slow_idx = torch.linspace(0, t - 1, t // self.ALPHA, device=x.device).long()  # UniformTemporalSubsample
+        if self.spec.slow_positions:
+            slow_idx = torch.tensor(self.spec.slow_positions[slot], device=x.device)
+        else:  # not configured: the recognition rule
+            t = x.shape[2]
+            slow_idx = torch.linspace(0, t - 1, t // self.ALPHA, device=x.device).long()
         return self.model([x.index_select(2, slow_idx), x])  # fresh list every call
 
 

@@ -6,7 +6,8 @@
 Flow: background decode threads take clips from a work list, probe them (PyAV), place every view's
 window of every unfinished row for every extractor, decode the union of those frames once
 (`decode.decode_rows`) and put each row's frames on a bounded queue. The main thread batches windows
-per extractor (`batch_size` windows), runs the models under inference_mode (bf16 autocast on CUDA) and
+per extractor (`batch_size` windows), runs the models under inference_mode (fp32, or bf16 autocast with
+`precision="bf16"`) and
 writes a clip's rows to each extractor's store once all of them are computed, so a killed run leaves
 whole clips done or not done, and a re-run skips the filled rows (resume). With `shard=i/n` only the
 chunk-aligned row range of shard i is processed, so shards can write one Zarr store concurrently.
@@ -70,9 +71,15 @@ class ExtractSummary:
 
 
 def store_spec(extractor_spec: dict, *, views: Sequence[decode.View], resize: dict | None, precision: str) -> dict:
-    """Everything that changes the stored values: the extractor spec, the views, the resize and the precision."""
+    """Everything that changes the stored values: the extractor spec (with its sampling), the views,
+    the resize and the precision ("fp32" | "bf16-autocast").
+
+    `slots` lists the (N_in, slot) variants stored per view of slot-dependent features (SlowFast
+    with slow_pathway=per_slot): view axis index = view * len(slots) + slot (features.store.slot_index).
+    """
     return {"extractor": extractor_spec, "views": [[v.position, v.flip] for v in views],
-            "resize": resize, "precision": precision}
+            "resize": resize, "precision": precision,
+            "slots": [list(map(int, s)) for s in extractor_spec.get("slots", ())]}
 
 
 def open_stores(extractors: Sequence[Any], rows: Any, *, store_root: Path | str, views: Sequence[decode.View],
@@ -85,7 +92,7 @@ def open_stores(extractors: Sequence[Any], rows: Any, *, store_root: Path | str,
         spec = store_spec(ext.spec.to_dict(), views=views, resize=resize, precision=precision)
         path = store_path(store_root, cache_key(ext.spec.name, spec))
         stores.append(FeatureStore.create(path, name=ext.spec.name, spec=spec, rows=rows, view_shape=ext.spec.view_shape,
-                                          num_views=len(views), dtype=dtype, chunk_rows=chunk_rows))
+                                          num_views=len(views) * ext.spec.num_slots, dtype=dtype, chunk_rows=chunk_rows))
     return stores
 
 
@@ -112,9 +119,10 @@ def _requests(job: _ClipJob, rows: Any, specs: dict[str, Any], views: Sequence[d
                 for v in views:
                     kw = dict(num_frames=spec.window_frames, sampling_rate=spec.sampling_rate, target_fps=spec.target_fps,
                               position=v.position)
-                    full = decode.window_frame_indices(rows.start_sec[row], rows.end_sec[row], fps=info.fps,
-                                                       num_clip_frames=info.num_frames, **kw)
-                    ix.append(decode.uniform_subsample(full, spec.num_frames))
+                    full = decode.window_frame_indices(rows.start_sec[row], rows.end_sec[row], info=info,
+                                                       num_input_clips=min(spec.num_input_clips),
+                                                       linspace=spec.linspace, **kw)
+                    ix.append(decode.uniform_subsample(full, spec.num_frames, linspace=spec.linspace))
                     win.append(decode.window_bounds_sec(rows.start_sec[row], rows.end_sec[row], **kw))
                 frame_idx[name], windows[name] = np.stack(ix), np.asarray(win)
         except decode.WindowOutOfRange as err:
@@ -156,7 +164,9 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
                    device: str = "cpu", batch_size: int = 16, shard: int = 0, num_shards: int = 1,
                    weights: dict[str, str] | None = None, crop_size: int | None = None, decode_workers: int = 2,
                    queue_rows: int = 0, dtype: str = "float16", chunk_rows: int = 64, resized: bool = True,
-                   failures_path: Path | str | None = None, progress: bool = True, lock: bool = True) -> ExtractSummary:
+                   failures_path: Path | str | None = None, progress: bool = True, lock: bool = True,
+                   num_input_clips: Any = (2, 4), slow_pathway: str = "per_slot",
+                   linspace: str = "torch19", precision: str = "fp32") -> ExtractSummary:
     """Extract `extractors` for every row of `splits` (shard `shard` of `num_shards`) into `store_root`.
 
     Args:
@@ -164,6 +174,11 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
         crop_size: crop override for every extractor (CPU-sized runs; enters the cache key).
         queue_rows: bound of the decoded-row queue (0: 2 * batch_size).
         lock: hold the shard's lock (`extract.shard_lock`) while running; False when the caller holds it.
+        num_input_clips: N_in value(s) of the reference LTA loader to reproduce (all >= 2, or just 1);
+            SlowFast with slow_pathway="per_slot" stores one variant per (N_in, slot) of every view.
+        slow_pathway: "per_slot" (exact) | "slot_independent" (one variant, recognition slow frames).
+        linspace: "torch19" (the reference's torch 1.9 frame picks) | "torch" (the installed torch).
+        precision: "fp32" (the reference) | "bf16" (autocast).
 
     Returns:
         The summary; failures are appended to `failures_path` (default `<store_root>/failures.jsonl`).
@@ -186,10 +201,12 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
     # one writer per shard: a second run of the same shard (a requeued job while the old one still runs)
     # would rewrite the same chunks and lose rows; it is refused here, before it writes anything
     with ShardLock(store_root, shard, num_shards) if lock else contextlib.nullcontext():
-        exts = [create_extractor(n, weights=weights.get(n, "default"), device=device, crop_size=crop_size) for n in extractors]
-        precision = "bf16-autocast" if str(device).startswith("cuda") else "fp32"
+        exts = [create_extractor(n, weights=weights.get(n, "default"), device=device, crop_size=crop_size,
+                                 num_input_clips=num_input_clips, slow_pathway=slow_pathway, linspace=linspace,
+                                 precision=precision) for n in extractors]
         stores = open_stores(exts, rows, store_root=store_root, views=views, resize=read_manifest(data_dir) if resized else None,
-                             precision=precision, dtype=dtype, chunk_rows=chunk_rows)
+                             precision="bf16-autocast" if precision == "bf16" else "fp32", dtype=dtype,
+                             chunk_rows=chunk_rows)
         failures_path = Path(failures_path) if failures_path else Path(store_root) / "failures.jsonl"
         summary = ExtractSummary(store_keys=[s.key for s in stores], failures_path=str(failures_path))
         lo, hi = stores[0].shard_range(shard, num_shards)
@@ -220,6 +237,7 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
                  shard, num_shards, lo, hi, len(todo_rows), len(clip_rows), summary.rows_skipped, summary.store_keys)
 
         specs = {e.spec.name: e.spec for e in exts}
+        slots = {e.spec.name: e.spec.num_slots for e in exts}
         out: queue.Queue = queue.Queue(maxsize=queue_rows or 2 * batch_size)
         stop = threading.Event()
         workers = [threading.Thread(target=_decode_worker, args=(jobs, out, rows, specs, views, stop), daemon=True)
@@ -243,7 +261,8 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
                 items[:] = [it for i, it in enumerate(items) if i not in set(picked)]
                 frames = np.concatenate([f for _, f in batch])  # (B * V, T, H, W, 3)
                 t0 = time.perf_counter()
-                feats = ext(frames).numpy().reshape(len(batch), nv, *ext.spec.view_shape)
+                # (B * V, S, ...) -> (B, V * S, ...): view axis index = view * S + slot
+                feats = ext.call_slots(frames).numpy().reshape(len(batch), nv * ext.spec.num_slots, *ext.spec.view_shape)
                 summary.model_sec += time.perf_counter() - t0
                 summary.windows += len(batch) * nv
                 for (row, _), f in zip(batch, feats):
@@ -279,7 +298,7 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
                     _, uid, item = msg
                     for name, frames in item.frames.items():
                         pending[name].append((item.row, frames))
-                        windows[name][item.row] = item.windows_sec[name]
+                        windows[name][item.row] = np.repeat(item.windows_sec[name], slots[name], axis=0)  # (V * S, 2)
                     for ext in exts:
                         run_batches(ext.spec.name, ext, flush=False)
                     write_ready()

@@ -189,6 +189,10 @@ class FeatureStore:
         self.feature_shape: tuple = (self.num_views, *self.view_shape)
         self.dtype: str = attrs["dtype"]
         self.chunk_rows: int = int(attrs["chunk_rows"])
+        # slot-dependent features (SlowFast, reference LTA slow pathway): (N_in, slot) of each variant per view
+        self.slots: list[tuple[int, int]] = [(int(n), int(j)) for n, j in self.spec.get("slots", [])]
+        if self.slots and self.num_views % len(self.slots):
+            raise StoreError(f"{path}: {self.num_views} views is not a multiple of its {len(self.slots)} slots")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -428,6 +432,28 @@ def _read_runs(reader: Any, index: np.ndarray) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
+def slot_views(slots: Sequence[tuple[int, int]], num_views: int, num_input: int) -> np.ndarray:
+    """(V_temporal, num_input) view-axis indices of input position j (slot j of N_in = num_input).
+
+    A store of slot-dependent features holds, for temporal view v, one variant per (N_in, slot) of
+    `slots` at index v * len(slots) + slots.index((N_in, j)); without slots, view v is index v for
+    every position.
+
+    Raises:
+        StoreError: the store holds no variant for N_in = num_input (it was extracted for other N_in).
+    """
+    if not slots:
+        return np.repeat(np.arange(num_views)[:, None], num_input, axis=1)
+    have = sorted({n for n, _ in slots})
+    missing = [(num_input, j) for j in range(num_input) if (num_input, j) not in slots]
+    if missing:
+        raise StoreError(f"the store holds slow-pathway variants for N_in in {have} only, the head has num_input="
+                         f"{num_input}; extract with num_input_clips=[..., {num_input}] (or slow_pathway=slot_independent)")
+    s = len(slots)
+    pos = np.array([slots.index((num_input, j)) for j in range(num_input)])
+    return np.arange(num_views // s)[:, None] * s + pos[None, :]
+
+
 def store_path(root: str | Path, key: str, backend: str = "zarr") -> Path:
     """`<root>/<key>.zarr` (or `.h5`)."""
     return Path(root) / f"{key}.{backend}"
@@ -501,6 +527,7 @@ class LoadedFeatures:
     rows: RowTable
     windows_sec: dict[str, np.ndarray] = field(default_factory=dict)
     missing: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
+    slots: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # key -> FeatureStore.slots ([] = none)
 
     def lookup(self, clip_uid: np.ndarray, action_idx: np.ndarray) -> np.ndarray:
         """Row index of each (clip_uid, action_idx), -1 where absent (vectorised)."""
@@ -555,6 +582,7 @@ def load_features(paths: Sequence[str | Path], *, splits: Sequence[str] | None =
         feats[~valid], wins[~valid] = np.nan, np.nan
         out.keys.append(store.key)
         out.arrays[store.key], out.windows_sec[store.key], out.valid[store.key] = feats, wins, valid
+        out.slots[store.key] = list(store.slots)
         n_missing = int((~valid).sum())
         if n_missing:
             examples = rows.keys(np.flatnonzero(~valid)[:5])

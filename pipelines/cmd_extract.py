@@ -23,6 +23,12 @@ class ExtractConfig:
     extractors: list[str] = opt(["slowfast_r101_8x8.ego4d", "clip_vit_b32.openai"], "registry names (see extract.extractors)")
     splits: list[str] = opt(["train", "val", "test"], "annotation splits whose segments become rows")
     views: int = opt(1, "temporal views per segment; view 0 is the centred window")
+    num_input_clips: list[int] = opt([2, 4], "N_in values of the reference LTA loader to reproduce (all >= 2, or [1]); "
+                                             "SlowFast stores one variant per (N_in, slot), see README Fidelity")
+    slow_pathway: str = opt("per_slot", "per_slot (the reference LTA slow frames, per N_in and slot) | "
+                                        "slot_independent (one variant, recognition slow frames; cheaper, approximate)")
+    linspace: str = opt("torch19", "torch19 (frame picks of the reference's torch 1.9) | torch (the installed torch)")
+    precision: str = opt("fp32", "fp32 (the reference) | bf16 (autocast; faster on GPU, ~1e-3 relative error)")
     flip_views: bool = opt(False, "add a horizontally flipped copy of every view (views must be even)")
     device: str = opt("cuda", "cuda | cpu (no silent fallback)")
     batch_size: int = opt(32, "windows per model forward")
@@ -95,7 +101,8 @@ def run_shard(cfg: ExtractConfig, *, lock: bool = True) -> dict:
         flip_views=cfg.flip_views, device=cfg.device, batch_size=cfg.batch_size, shard=shard, num_shards=num_shards,
         weights=parse_weights(cfg.weights, cfg.extractors), crop_size=cfg.crop_size or None,
         decode_workers=cfg.decode_workers, dtype=cfg.dtype, chunk_rows=cfg.chunk_rows, resized=not cfg.raw_clips,
-        progress=cfg.progress, lock=lock,
+        progress=cfg.progress, lock=lock, num_input_clips=list(cfg.num_input_clips), slow_pathway=cfg.slow_pathway,
+        linspace=cfg.linspace, precision=cfg.precision,
     )
     log.info(summary.line())
     out = asdict(summary)

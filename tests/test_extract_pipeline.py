@@ -69,13 +69,15 @@ def test_extract_values_views_and_failures(tmp_path):
     ext = create_extractor(EXT, weights="random", crop_size=32)
     r = int(np.flatnonzero(good)[5])
     frames = decode.decode_window(data / "clips" / f"{store.rows.clip_uid[r]}.mp4", store.rows.start_sec[r],
-                                  store.rows.end_sec[r], num_frames=32, sampling_rate=2)
+                                  store.rows.end_sec[r], num_frames=32, sampling_rate=2, num_input_clips=2)
     expect = ext(decode.uniform_subsample(frames, 8)[None]).numpy()[0]
     np.testing.assert_allclose(feats[5, 0], expect, atol=2e-2, rtol=1e-2)  # float16 storage
     win = store.read_windows(np.array([r]))[0]
-    centre = (store.rows.start_sec[r] + store.rows.end_sec[r]) / 2
-    assert abs(win[0].mean() - centre) < 1e-6 or win[0, 0] == store.rows.start_sec[r]
-    assert win[1, 0] == pytest.approx(store.rows.start_sec[r])  # view 1 starts at the segment start
+    # view 0 is the reference test window: ForecastingClipSampler(CenterClipVideoSampler(64 / 30)), transcribed
+    # from EGO4D/forecasting 38d1931 (centred, no clamp: these segments are shorter than the window)
+    s, e, dur = store.rows.start_sec[r], store.rows.end_sec[r], 32 * 2 / 30
+    assert e - s < dur and tuple(win[0]) == ((e - s) / 2 - dur / 2 + s, ((e - s) / 2 - dur / 2 + dur) + s)
+    assert win[1, 0] == pytest.approx(s)  # view 1: the reference train sampler's earliest start, the segment start
     failures = [json.loads(x) for x in (store_root / "failures.jsonl").read_text().splitlines()]
     reasons = {f["clip_uid"]: f["reason"] for f in failures}
     assert "file not found" in reasons["missing"] and "corrupt" in reasons and "starts after" in reasons["short"]

@@ -2,7 +2,9 @@
 
 `FeatureBank` holds each modality's features for all rows, (R, V, *view_shape) (view_shape is
 (D,) per segment or (F, D) per frame), plus the row identity (a RowTable-like object with
-`lookup(clip_uid, action_idx)`). `SplitWindows` maps a split's forecasting windows
+`lookup(clip_uid, action_idx)`). Slot-dependent stores (SlowFast with the reference LTA slow
+pathway) hold one variant per (N_in, slot) of each temporal view; the observed segment at input
+position j then reads the variant of slot j (`features.store.slot_views`). `SplitWindows` maps a split's forecasting windows
 (features/windows.build_windows) to bank rows and labels; windows with a missing feature row
 are dropped and counted. `iterate_batches` yields batches by gathering rows (and, in training,
 a random cached view per observed segment) -- no per-sample Python, no DataLoader.
@@ -16,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from features.store import slot_views
 from features.windows import build_windows
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,8 @@ class FeatureBank:
     valid: np.ndarray  # (R,) bool: rows present in every modality
     rows: Any  # RowTable-like: lookup(clip_uid, action_idx) -> (n,) row or -1
     cache_keys: dict[str, str] = field(default_factory=dict)  # modality -> cache key
+    slots: dict[str, list] = field(default_factory=dict)  # modality -> [(N_in, slot), ...] variants per view ([]: none)
+    _tables: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_loaded(cls, loaded: Any, modality_keys: dict[str, str]) -> "FeatureBank":
@@ -37,7 +42,8 @@ class FeatureBank:
         for key in modality_keys.values():
             valid &= loaded.valid[key]
         arrays = {m: loaded.arrays[k] for m, k in modality_keys.items()}
-        return cls(arrays=arrays, valid=valid, rows=loaded.rows, cache_keys=dict(modality_keys))
+        slots = {m: list(getattr(loaded, "slots", {}).get(k, [])) for m, k in modality_keys.items()}
+        return cls(arrays=arrays, valid=valid, rows=loaded.rows, cache_keys=dict(modality_keys), slots=slots)
 
     @property
     def modalities(self) -> list[str]:
@@ -47,7 +53,26 @@ class FeatureBank:
         return tuple(self.arrays[modality].shape[2:])
 
     def num_views(self, modality: str) -> int:
-        return int(self.arrays[modality].shape[1])
+        """Temporal views (slot variants of one view count once)."""
+        return int(self.arrays[modality].shape[1]) // max(len(self.slots.get(modality, [])), 1)
+
+    def view_table(self, modality: str, num_input: int) -> np.ndarray:
+        """(V, num_input) view-axis index of temporal view v at input position j (StoreError if the
+        store has no variants for N_in = num_input; the message says how to extract them)."""
+        key = (modality, num_input)
+        if key not in self._tables:
+            self._tables[key] = slot_views(self.slots.get(modality, []), int(self.arrays[modality].shape[1]), num_input)
+        return self._tables[key]
+
+    def check_num_input(self, num_input: int) -> None:
+        """Raise StoreError naming the modality when a slot-dependent store lacks N_in = num_input."""
+        from features.store import StoreError
+
+        for m in self.arrays:
+            try:
+                self.view_table(m, num_input)
+            except StoreError as err:
+                raise StoreError(f"modality {m!r} ({self.cache_keys.get(m, '?')}): {err}") from None
 
     def to(self, device: str | torch.device) -> "FeatureBank":
         """Move the arrays to `device` as tensors (kept in their stored dtype, e.g. float16)."""
@@ -55,25 +80,37 @@ class FeatureBank:
         for m, a in self.arrays.items():
             t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
             arrays[m] = t.to(device)
-        return FeatureBank(arrays=arrays, valid=self.valid, rows=self.rows, cache_keys=self.cache_keys)
+        return FeatureBank(arrays=arrays, valid=self.valid, rows=self.rows, cache_keys=self.cache_keys, slots=self.slots)
 
     def gather(self, rows: torch.Tensor, *, train: bool, rng: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """rows (B, N_in) -> modality -> (B, N_in, *view_shape) float32; a random view each in training, else view 0."""
+        """rows (B, N_in) -> modality -> (B, N_in, *view_shape) float32; a random temporal view each in
+        training, else view 0; position j reads slot j's variant of slot-dependent stores."""
         out = {}
         for m, a in self.arrays.items():
-            if train and a.shape[1] > 1:
-                views = torch.randint(0, a.shape[1], rows.shape, generator=rng, device=rng.device if rng else "cpu")
+            table = self.view_table(m, int(rows.shape[1]))  # (V, N_in)
+            if train and table.shape[0] > 1:
+                views = torch.randint(0, table.shape[0], rows.shape, generator=rng, device=rng.device if rng else "cpu")
                 views = views.to(rows.device)
             else:
                 views = torch.zeros_like(rows)
+            if self.slots.get(m):
+                t = torch.as_tensor(table, device=rows.device)
+                views = t[views, torch.arange(rows.shape[1], device=rows.device)[None, :]]
             out[m] = a[rows, views].float()
         return out
 
     def pooled(self, rows: np.ndarray) -> np.ndarray:
-        """View-0 features of `rows` (any shape S) averaged over frames and concatenated over modalities: (*S, D_total)."""
+        """View-0 features of `rows` (any shape S) averaged over frames and concatenated over modalities: (*S, D_total).
+
+        For slot-dependent stores and rows (W, N_in), position j reads slot j's variant; other shapes read slot 0.
+        """
         parts = []
-        for a in self.arrays.values():
-            x = a[rows.reshape(-1), 0]
+        for m, a in self.arrays.items():
+            if self.slots.get(m) and rows.ndim == 2:
+                v = np.broadcast_to(self.view_table(m, rows.shape[1])[0][None, :], rows.shape).reshape(-1)
+            else:
+                v = np.zeros(rows.size, dtype=np.int64)
+            x = a[rows.reshape(-1), v]
             x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
             x = x.astype(np.float32)
             if x.ndim == 3:  # (n, F, D) per-frame
@@ -114,6 +151,7 @@ def make_split_windows(ann: Any, bank: FeatureBank, *, num_input: int, num_futur
 
     Dropped windows are counted in the log and kept in `dropped_keys` (predict gives them a fallback).
     """
+    bank.check_num_input(num_input)
     win = build_windows(ann, num_input=num_input, num_future=num_future, num_seen=num_seen, convention=convention)
     seg_rows = bank.rows.lookup(np.asarray(ann.clip_uid).astype(str), ann.action_idx)  # (R_ann,) bank row or -1
     seg_ok = seg_rows >= 0
