@@ -227,9 +227,10 @@ def clip_frames_in(t0: float, t1: float, *, info: "ClipInfo | None" = None, fps:
         if n_clip is not None:
             first, stop = min(first, n_clip), min(stop, n_clip)
     if stop <= first:
-        where = (f"the clip's last frame ({n_clip} frames at {rate:g} fps = {n_clip / rate:.3f} s)"
-                 if n_clip is not None else "the clip")
-        raise WindowOutOfRange(f"window [{t0:.3f}, {t1:.3f}) s holds no frame of {where}")
+        if n_clip is not None and first >= n_clip:
+            raise WindowOutOfRange(f"window [{t0:.3f}, {t1:.3f}) s starts after the clip's last frame ({n_clip} "
+                                   f"frames at {rate:g} fps = {n_clip / rate:.3f} s)")
+        raise WindowOutOfRange(f"window [{t0:.3f}, {t1:.3f}) s holds no frame of the clip")
     return np.arange(first, stop, dtype=np.int64)
 
 

@@ -97,7 +97,7 @@ def test_window_frames_are_pytorchvideo_get_clip(tmp_path, fps):
         assert np.array_equal(decode.clip_frames_in(t0, t1, info=info), want), (t0, t1)
     for t0, t1 in [(last + 0.5 / fps, last + 1.0), (-3.0, -1.0)]:  # no frame: pytorchvideo returns none
         assert ptv_clip_ids(path, t0, t1) is None
-        with pytest.raises(decode.WindowOutOfRange, match="holds no frame"):
+        with pytest.raises(decode.WindowOutOfRange, match="holds no frame|starts after the clip.s last frame"):
             decode.clip_frames_in(t0, t1, info=info)
 
 
