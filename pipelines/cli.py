@@ -40,7 +40,11 @@ def _usage() -> str:
 def resolve(command: str) -> Callable[[Sequence[str]], int]:
     """The `main(argv)` of a command; ValueError naming the available ones for an unknown name."""
     if command not in COMMANDS:
-        raise ValueError(f"unknown command {command!r}; available: {sorted(COMMANDS)}")
+        import difflib
+
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown command {command!r}{hint}; available: {sorted(COMMANDS)}")
     module = importlib.import_module(COMMANDS[command][0])
     return module.main
 

@@ -107,7 +107,9 @@ def _run(cfg: ImportCheckpointConfig) -> int:
     if not cfg.ckpt:
         print("lta import-checkpoint: ckpt=PATH is required", file=sys.stderr)
         return 2
-    ckpt_path = Path(cfg.ckpt)
+    from pipelines.checks import check_file
+
+    ckpt_path = check_file("ckpt", cfg.ckpt, "released LTA checkpoint")  # one line, exit 2, before loading anything
     ckpt = load_lightning_checkpoint(ckpt_path)
     model, info = import_lta_checkpoint(ckpt, modality=cfg.modality or None, num_input=cfg.num_input or None)
     if cfg.data:

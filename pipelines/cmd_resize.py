@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
-from pipelines.checks import LAUNCHERS, did_you_mean
+from pipelines.checks import LAUNCHERS, check_dir, did_you_mean
 from pipelines.common import UsageError, run_command
 from pipelines.config import opt
 
@@ -45,7 +45,7 @@ def _run(cfg: ResizeConfig) -> int:
     from extract.resize import ResizeParams, list_raw_clips, write_manifest
 
     params = ResizeParams(short_side=cfg.short_side, crf=cfg.crf, keyframe_interval=cfg.keyframe_interval, preset=cfg.preset)
-    data = Path(cfg.data)
+    data = check_dir("data", cfg.data, "dataset root")  # before anything runs: one line, exit 2
     uids = list_raw_clips(data)
     t0 = time.perf_counter()
     if cfg.launcher == "none":

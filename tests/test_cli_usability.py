@@ -78,6 +78,9 @@ def test_usage_errors_are_one_line_exit_2_before_loading(tiny, tmp_path):
         (["evaluate", f"run={run}", "checkpoint=bestt"], ["checkpoint=bestt", "did you mean 'best'", "last"]),
         (["extract", f"data={data}", f"store={tmp_path / 'x'}", "extractors=[slowfast_r101_8x9.ego4d]", "device=cpu"],
          ["slowfast_r101_8x9.ego4d", "did you mean 'slowfast_r101_8x8.ego4d'"]),
+        (["resize", f"data={tmp_path / 'no_data'}"], ["data=", "no_data", "does not exist"]),
+        (["import-checkpoint", f"ckpt={tmp_path / 'x.ckpt'}", f"out={tmp_path / 'never'}"], ["ckpt=", "does not exist"]),
+        (["evalute", f"run={run}"], ["unknown command 'evalute'", "did you mean 'evaluate'"]),
     ]
     for argv, needles in cases:
         assert_one_line(lta(*argv), 2, *needles)
