@@ -4,13 +4,38 @@
 partition / GPUs / time / memory given as config keys; `launcher=local` runs the very same jobs with
 submitit's `LocalExecutor` (subprocesses, also what the tests use). Both wait for the jobs, then the
 caller verifies the result (e.g. `verify_stores` for extraction: every row filled or a recorded failure).
+
+Every job runs inside `ShardJob`, a `submitit.helpers.Checkpointable`:
+- **Preemption / time limit.** submitit's signal (SIGUSR2, `--signal=USR2@...`) and SIGTERM / SIGINT only set
+  the stop flag (`features.interrupt`); the job finishes or abandons its current unit (a clip) and stops.
+  After a USR2 the job then hands over to submitit's own handler, which calls `checkpoint()` (the same
+  job again: its progress is on disk, a store's done mask or a clip already resized) and requeues it, so
+  the requeued job resumes where this one stopped. After a SIGTERM in a SLURM job (preemption; SLURM
+  itself requeues a job whose partition says so) it exits 75 without a result, so the launcher keeps
+  waiting for the requeued run; in a local job it returns an "interrupted" outcome.
+- **One-line errors.** An exception inside the job comes back as the exception itself (pickled), and
+  `run_array` re-raises it with ` (job <id>, log <path>)` appended: a locked shard, a full disk or a bad
+  value reads exactly as without a launcher, plus where the job's log is.
+- **Stopping the launcher.** SIGTERM / SIGINT of the launching command forwards SIGTERM to local jobs and
+  waits for them to stop; SLURM jobs are left running (their ids are logged). Either way it raises
+  `Interrupted` (exit 75).
 """
 from __future__ import annotations
 
 import logging
+import pickle
+import signal
+import sys
+import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import submitit
+
+from features import interrupt
+from features.exitcodes import EXIT_INTERRUPTED
 
 log = logging.getLogger(__name__)
 
@@ -54,27 +79,158 @@ def make_executor(launcher: str, folder: Path | str, params: SlurmParams, *, job
     raise ValueError(f"unknown launcher {launcher!r}; available: {list(LAUNCHERS)}")
 
 
+@dataclass
+class JobFailure:
+    """What a job returns instead of raising: the exception itself (re-raised by `run_array`) and its traceback."""
+
+    error: BaseException
+    trace: str
+
+
+@dataclass
+class JobInterrupted:
+    """What a local job returns after a stop signal: the message of its `Interrupted`."""
+
+    message: str
+
+
+def _portable(err: BaseException) -> BaseException:
+    """`err` if it survives pickling (most exceptions do), else a RuntimeError with the same text."""
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def run_job_body(what: str, body: Callable[[], Any], *, portable_errors: bool = True) -> Any:
+    """Run `body()` inside a submitit job with graceful stop, submitit's requeue and (optionally) portable errors.
+
+    SIGTERM / SIGINT / submitit's USR2 set the stop flag; `body` finishes or abandons its unit and raises
+    `Interrupted` (or returns a result that says what is unfinished). Then: after USR2, submitit's own
+    handler checkpoints the job (its `checkpoint()`) and requeues it; in a SLURM job the process exits 75
+    without a result (SLURM requeues a preempted job itself where the partition says so, and the launcher
+    keeps waiting); in a local job the outcome is returned. `portable_errors`: an exception comes back
+    as a `JobFailure` holding it (re-raised by `run_array`) instead of submitit's traceback text.
+    """
+    env = submitit.JobEnvironment()
+    usr = env._usr_sig()
+    submitit_handler = signal.getsignal(usr)  # checkpoint_and_try_requeue, installed by submitit
+    out = None
+    with interrupt.stop_on_signals(what, (signal.SIGTERM, signal.SIGINT, usr)) as stop:
+        try:
+            out = body()
+        except interrupt.Interrupted as err:
+            stopped = err
+        except Exception as err:  # comes back to the launcher as itself, printed as one line there
+            if not portable_errors:
+                raise
+            log.error("%s failed: %s", what, traceback.format_exc())
+            return JobFailure(_portable(err), traceback.format_exc())
+        else:  # a body that reports unfinished units in its result (resize) rather than raising
+            if not stop.requested:
+                return out
+            stopped = stop.interrupted()
+    if stop.signum == usr and callable(submitit_handler):
+        log.warning("%s; submitit checkpoints and requeues the job, which resumes from what is written", stopped)
+        submitit_handler(usr, None)  # calls the job's checkpoint(), requeues, exits
+    log.warning("%s", stopped)
+    if type(env).__name__ != "LocalJobEnvironment":  # SLURM: no result, the launcher waits for the requeue
+        sys.exit(EXIT_INTERRUPTED)
+    return out if out is not None else JobInterrupted(str(stopped))
+
+
+class ShardJob(submitit.helpers.Checkpointable):
+    """The body of every submitit job: `fn(arg)` with graceful stop, submitit requeue and portable errors."""
+
+    def __init__(self, fn: Callable[[Any], Any], what: str = "job"):
+        self.fn = fn
+        self.what = what
+
+    def __call__(self, arg: Any) -> Any:
+        return run_job_body(self.what, lambda: self.fn(arg))
+
+    def checkpoint(self, arg: Any) -> submitit.helpers.DelayedSubmission:
+        """Requeue the same job: everything it finished is on disk and is skipped by the resumed run."""
+        return submitit.helpers.DelayedSubmission(ShardJob(self.fn, self.what), arg)
+
+
+def _with_job_log(err: BaseException, suffix: str) -> BaseException:
+    """Append `suffix` (job id and log path) to the one line `err` prints as."""
+    if isinstance(err, OSError) and err.strerror:
+        err.strerror = f"{err.strerror}{suffix}"
+    elif len(err.args) == 1 and isinstance(err.args[0], str):
+        err.args = (err.args[0] + suffix,)
+    else:
+        err.args = (*err.args, suffix.strip())
+    err.job_log = suffix  # type: ignore[attr-defined]
+    return err
+
+
+def _wait(jobs: list, launcher: str, stop: interrupt.StopFlag | None) -> None:
+    """Wait for every job; on a stop signal, forward SIGTERM to local jobs (SLURM jobs keep running)."""
+    forwarded = False
+    while not all(j.done() for j in jobs):
+        if stop is not None and stop.requested and not forwarded:
+            forwarded = True
+            if launcher == "local":
+                for j in jobs:
+                    proc = getattr(j, "_process", None)
+                    if proc is not None and proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)  # the local controller forwards it to the job
+                log.warning("forwarded %s to %d local job(s); waiting for them to stop", stop.signal_name, len(jobs))
+            else:
+                raise interrupt.Interrupted(
+                    f"stopped waiting for SLURM job(s) {[j.job_id for j in jobs]} on {stop.signal_name}; they keep "
+                    "running (scancel them to stop); re-running the command later skips what they finished",
+                    signal_name=stop.signal_name)
+        time.sleep(0.2 if launcher == "local" else 5.0)
+
+
 def run_array(fn: Callable[..., Any], args: Sequence[Any], *, launcher: str, folder: Path | str,
               params: SlurmParams = SlurmParams(), job_name: str = "lta") -> list[Any]:
     """Run `fn(arg)` for every arg as one job each (a SLURM array or local subprocesses); return the results.
 
     Raises:
-        RuntimeError: naming every job that failed and where its log is.
+        the job's own exception (with its job id and log path appended): the first job that raised.
+        Interrupted: a stop signal reached a job or this process (what finished is on disk; re-run to resume).
+        RuntimeError: jobs that ended without a result (killed, cancelled), each with its log path.
     """
     executor = make_executor(launcher, folder, params, job_name=job_name)
+    body = ShardJob(fn, job_name)
     if launcher == "local":  # LocalExecutor has no arrays: submit one by one (all start at once)
-        jobs = [executor.submit(fn, a) for a in args]
+        jobs = [executor.submit(body, a) for a in args]
     else:
-        jobs = executor.map_array(fn, list(args))
+        jobs = executor.map_array(body, list(args))
     log.info("submitted %d %s job(s): %s (logs in %s)", len(jobs), launcher, [j.job_id for j in jobs], folder)
-    results, errors = [], []
+    _wait(jobs, launcher, interrupt.current())
+    results, failures, stopped, lost = [], [], [], []
     for job in jobs:
+        where = f" (job {job.job_id}, log {job.paths.stderr})"
         try:
-            results.append(job.result())
-        except Exception as err:  # submitit re-raises the job's exception; collect them all
-            errors.append(f"job {job.job_id}: {type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
-                          f" (stderr: {job.paths.stderr})")
+            out = job.result()
+        except Exception as err:  # ended without a result (killed, cancelled) or raised outside ShardJob
+            text = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+            lost.append(f"job {job.job_id}: {type(err).__name__}: {text[-1] if text else ''}{where}")
             results.append(None)
-    if errors:
-        raise RuntimeError(f"{len(errors)} of {len(jobs)} job(s) failed:\n  " + "\n  ".join(errors))
+            continue
+        if isinstance(out, JobFailure):
+            failures.append(_with_job_log(out.error, where))
+            out = None
+        elif isinstance(out, JobInterrupted):
+            stopped.append(f"job {job.job_id}: {out.message}")
+            out = None
+        results.append(out)
+    for err in failures[1:]:
+        log.error("also failed: %s: %s", type(err).__name__, err)
+    if failures:
+        raise failures[0]
+    stop = interrupt.current()
+    if stopped or (lost and stop is not None and stop.requested):
+        raise interrupt.Interrupted(f"{len(stopped) + len(lost)} of {len(jobs)} {job_name} job(s) stopped on "
+                                    f"{stop.signal_name if stop and stop.requested else 'a signal'}; what they finished "
+                                    "is on disk, re-run the same command to resume",
+                                    signal_name=stop.signal_name if stop else "")
+    if lost:
+        raise RuntimeError(f"{len(lost)} of {len(jobs)} job(s) ended without a result: " + "; ".join(lost))
     return results

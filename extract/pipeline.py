@@ -31,7 +31,9 @@ import numpy as np
 
 from extract import decode
 from extract.failures import append_failures
-from extract.shard_lock import ShardLock
+from extract.shard_lock import ShardLock, claim_layout
+from features import interrupt
+from features.interrupt import stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +167,7 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
                    weights: dict[str, str] | None = None, crop_size: int | None = None, decode_workers: int = 2,
                    queue_rows: int = 0, dtype: str = "float16", chunk_rows: int = 64, resized: bool = True,
                    failures_path: Path | str | None = None, progress: bool = True, lock: bool = True,
-                   num_input_clips: Any = (2, 4), slow_pathway: str = "per_slot",
+                   lock_wait_sec: float = 0.0, num_input_clips: Any = (2, 4), slow_pathway: str = "per_slot",
                    linspace: str = "torch19", precision: str = "fp32") -> ExtractSummary:
     """Extract `extractors` for every row of `splits` (shard `shard` of `num_shards`) into `store_root`.
 
@@ -174,6 +176,7 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
         crop_size: crop override for every extractor (CPU-sized runs; enters the cache key).
         queue_rows: bound of the decoded-row queue (0: 2 * batch_size).
         lock: hold the shard's lock (`extract.shard_lock`) while running; False when the caller holds it.
+        lock_wait_sec: how long to wait for a shard lock another process holds before refusing.
         num_input_clips: N_in value(s) of the reference LTA loader to reproduce (all >= 2, or just 1);
             SlowFast with slow_pathway="per_slot" stores one variant per (N_in, slot) of every view.
         slow_pathway: "per_slot" (exact) | "slot_independent" (one variant, recognition slow frames).
@@ -185,6 +188,8 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
 
     Raises:
         ShardLockedError: another process is running the same shard on `store_root` (nothing is written).
+        ShardLayoutError: a store is unfinished and being written with another num_shards (nothing is written).
+        Interrupted: SIGTERM / SIGINT (features.interrupt): the clips written so far are whole, the rest abandoned.
     """
     from tqdm import tqdm
 
@@ -200,13 +205,15 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
     rows = RowTable.from_annotations(anns)
     # one writer per shard: a second run of the same shard (a requeued job while the old one still runs)
     # would rewrite the same chunks and lose rows; it is refused here, before it writes anything
-    with ShardLock(store_root, shard, num_shards) if lock else contextlib.nullcontext():
+    with ShardLock(store_root, shard, num_shards, wait_sec=lock_wait_sec) if lock else contextlib.nullcontext():
         exts = [create_extractor(n, weights=weights.get(n, "default"), device=device, crop_size=crop_size,
                                  num_input_clips=num_input_clips, slow_pathway=slow_pathway, linspace=linspace,
                                  precision=precision) for n in extractors]
         stores = open_stores(exts, rows, store_root=store_root, views=views, resize=read_manifest(data_dir) if resized else None,
                              precision="bf16-autocast" if precision == "bf16" else "fp32", dtype=dtype,
                              chunk_rows=chunk_rows)
+        for s in stores:  # one num_shards per unfinished store: shards of another split count overlap
+            claim_layout(store_root, s.key, num_shards, finished=bool(s.filled().all()))
         failures_path = Path(failures_path) if failures_path else Path(store_root) / "failures.jsonl"
         summary = ExtractSummary(store_keys=[s.key for s in stores], failures_path=str(failures_path))
         lo, hi = stores[0].shard_range(shard, num_shards)
@@ -287,10 +294,14 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
         bar = tqdm(total=len(clip_rows), desc="extract", unit="clip", disable=not progress)
         try:
             alive = len(workers)
-            while alive:
+            while alive and not stop_requested():
                 t0 = time.perf_counter()
-                msg = out.get()
-                summary.wait_sec += time.perf_counter() - t0
+                try:
+                    msg = out.get(timeout=0.2)  # wakes up to notice a stop signal (features.interrupt)
+                except queue.Empty:
+                    continue
+                finally:
+                    summary.wait_sec += time.perf_counter() - t0
                 if msg is _DONE:
                     alive -= 1
                     continue
@@ -327,18 +338,24 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
                 good = set(job_rows) - set(bad)
                 closed[uid] = {n: sorted(good & todo_rows_for(n, job_rows, todo_mask, lo)) for n in todo_mask}
                 write_ready()
-            for ext in exts:
-                run_batches(ext.spec.name, ext, flush=True)
-            write_ready()
+            if not stop_requested():
+                for ext in exts:
+                    run_batches(ext.spec.name, ext, flush=True)
+                write_ready()
         finally:
             stop.set()
             bar.close()
             for s in stores:
                 s.close()
             append_failures(failures_path, failures)
-        assert not closed, f"clips left unwritten: {list(closed)[:5]}"
         summary.wall_sec = time.perf_counter() - t_start
         summary.loop_sec = time.perf_counter() - t_loop
+        if stop_requested():  # SIGTERM / SIGINT: the clips written so far are whole; the others are abandoned
+            err = interrupt.current().interrupted(f"{summary.rows_done} rows of shard {shard}/{num_shards} written "
+                                                  f"({summary.rows_skipped} were already filled)")
+            err.summary = summary
+            raise err
+        assert not closed, f"clips left unwritten: {list(closed)[:5]}"
         return summary
 
 

@@ -352,8 +352,8 @@ class FeatureStore:
             raise ValueError(f"rows must be a slice or a 1-d index array, got shape {index.shape}")
         if len(index) and (index.min() < 0 or index.max() >= self.num_rows):
             raise IndexError(f"{self.path}: row index out of range [0, {self.num_rows})")
+        done = self.filled()[index]  # the mask first: a row set done after it is not reported (a concurrent writer)
         out = _read_runs(reader, index)
-        done = self.filled()[index]
         if not done.all():
             if not allow_missing:
                 raise MissingRowsError(f"{self.path}: {int((~done).sum())} of {len(index)} requested rows are not filled, "

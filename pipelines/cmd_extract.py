@@ -41,6 +41,8 @@ class ExtractConfig:
     chunk_rows: int = opt(64, "store chunk rows (the unit of a shard's row range)")
     raw_clips: bool = opt(False, "read clips_hq/ instead of the resized clips/")
     max_failed_frac: float = opt(0.01, "exit 1 when more than this fraction of rows failed")
+    lock_wait_sec: float = opt(120.0, "wait this long for a shard lock another run holds (a requeue while the old "
+                                      "job still stops), then refuse; 0: refuse at once")
     launcher: str = opt("none", "none (this process) | local (submitit subprocesses) | slurm (submitit job array)")
     num_shards: int = opt(1, "shard jobs for launcher=local|slurm")
     slurm_partition: str = opt("", "SLURM partition")
@@ -92,24 +94,35 @@ def run_shard(cfg: ExtractConfig, *, lock: bool = True) -> dict:
     The summary is also written to `summary_path(store, i, n)`. `lock=False`: the caller holds the shard lock.
     """
     from extract.pipeline import run_extraction
+    from features.interrupt import Interrupted
     from pipelines.cli import setup_logging
 
     setup_logging()
     shard, num_shards = parse_shard(cfg.shard)
-    summary = run_extraction(
-        data_dir=cfg.data, store_root=cfg.store, extractors=cfg.extractors, splits=cfg.splits, num_views=cfg.views,
-        flip_views=cfg.flip_views, device=cfg.device, batch_size=cfg.batch_size, shard=shard, num_shards=num_shards,
-        weights=parse_weights(cfg.weights, cfg.extractors), crop_size=cfg.crop_size or None,
-        decode_workers=cfg.decode_workers, dtype=cfg.dtype, chunk_rows=cfg.chunk_rows, resized=not cfg.raw_clips,
-        progress=cfg.progress, lock=lock, num_input_clips=list(cfg.num_input_clips), slow_pathway=cfg.slow_pathway,
-        linspace=cfg.linspace, precision=cfg.precision,
-    )
+    interrupted = None
+    try:
+        summary = run_extraction(
+            data_dir=cfg.data, store_root=cfg.store, extractors=cfg.extractors, splits=cfg.splits, num_views=cfg.views,
+            flip_views=cfg.flip_views, device=cfg.device, batch_size=cfg.batch_size, shard=shard, num_shards=num_shards,
+            weights=parse_weights(cfg.weights, cfg.extractors), crop_size=cfg.crop_size or None,
+            decode_workers=cfg.decode_workers, dtype=cfg.dtype, chunk_rows=cfg.chunk_rows, resized=not cfg.raw_clips,
+            progress=cfg.progress, lock=lock, lock_wait_sec=cfg.lock_wait_sec,
+            num_input_clips=list(cfg.num_input_clips), slow_pathway=cfg.slow_pathway, linspace=cfg.linspace,
+            precision=cfg.precision,
+        )
+    except Interrupted as err:
+        if not hasattr(err, "summary"):  # stopped before the shard started (waiting for its lock)
+            raise
+        interrupted, summary = err, err.summary
     log.info(summary.line())
     out = asdict(summary)
     out["decoded_per_used"] = summary.decode.decoded_per_used
     out.pop("decode")
     out["shard"] = f"{shard}/{num_shards}"
+    out["interrupted"] = interrupted is not None  # a shard summary never reads as complete when it is not
     _write_json(summary_path(cfg.store, shard, num_shards), out)
+    if interrupted is not None:
+        raise interrupted
     return out
 
 
@@ -203,9 +216,23 @@ def _already_extracted(cfg: ExtractConfig) -> dict | None:
 
 
 def _run(cfg: ExtractConfig) -> int:
+    from features.interrupt import Interrupted, grace_sec, stop_on_signals
+
+    # SIGTERM / SIGINT: the current clip is finished or abandoned, written clips stay, exit 75 (resumable);
+    # a launcher forwards the signal to its local jobs and waits for them, so it gets a longer grace
+    grace = grace_sec() + (15.0 if cfg.launcher in ("local", "slurm") else 0.0)
+    with stop_on_signals("extract", grace=grace, message="finishing the current batch, abandoning unfinished clips"):
+        try:
+            return _run_stoppable(cfg)
+        except Interrupted as err:
+            print(f"lta extract: {err}", file=sys.stderr)
+            return err.exit_code
+
+
+def _run_stoppable(cfg: ExtractConfig) -> int:
     from extract import launch
     from extract.pipeline import verify_stores
-    from extract.shard_lock import ShardLock, ShardLockedError
+    from extract.shard_lock import ShardLayoutError, ShardLock, ShardLockedError
     from features.annotations import AnnotationError
     from features.store import StoreWriteError
 
@@ -226,7 +253,8 @@ def _run(cfg: ExtractConfig) -> int:
     try:
         if cfg.launcher == "none":
             shard, num_shards = parse_shard(cfg.shard)
-            with ShardLock(store, shard, num_shards):  # a second run of this shard stops here, having written nothing
+            # a second run of this shard waits up to lock_wait_sec, then stops here, having written nothing
+            with ShardLock(store, shard, num_shards, wait_sec=cfg.lock_wait_sec):
                 (store / "extract_config.yaml").write_text(to_yaml(cfg))
                 summaries = [run_shard(cfg, lock=False)]
                 if num_shards == 1:  # the whole store: extract_summary.json as for a launcher
@@ -251,7 +279,8 @@ def _run(cfg: ExtractConfig) -> int:
         else:
             log.error("unknown launcher %r; available: ['none', 'local', 'slurm']", cfg.launcher)
             return 2
-    except (ShardLockedError, StoreWriteError) as err:  # one line: the message names the lock / store and rows
+    except (ShardLockedError, StoreWriteError, ShardLayoutError) as err:  # one line naming the lock / store and rows
+        # (from a launcher's job too: run_array re-raises the job's exception with its job id and log path)
         print(f"lta extract: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     return 1 if _failed_too_many(summaries, cfg) else 0

@@ -171,7 +171,7 @@ def test_two_shards_racing_on_one_store(sample, reference, tmp_path):
 
 def test_same_shard_twice_at_once(sample, reference, tmp_path):
     """The same shard started twice (a SLURM requeue while the old job runs): the second is refused by the lock."""
-    procs = [start("extract", [f"data={sample}", f"store={tmp_path}", *EXTRACT_ARGS]) for _ in range(2)]
+    procs = [start("extract", [f"data={sample}", f"store={tmp_path}", *EXTRACT_ARGS, "lock_wait_sec=0"]) for _ in range(2)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     results = [(p.returncode, err) for p, err in zip(procs, errs)]
     refused = [err for rc, err in results if rc == 1 and "ShardLockedError" in err]

@@ -53,36 +53,47 @@ def test_shard_lock_refuses_the_same_shard_and_allows_others(tmp_path):
 
 
 def test_shard_lock_falls_back_to_an_exclusive_file_without_flock(tmp_path, monkeypatch, caplog):
+    """flock refused with ENOLCK (NFS without a lock manager): filelock's O_EXCL marker, holder named, dead holders taken over."""
+    import fcntl
+
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(shard_lock.fcntl, "flock", no_flock)
+    monkeypatch.setattr(fcntl, "flock", no_flock)
     excl = lock_path(tmp_path, 3, 4).with_name("shard-3-of-4.lock.excl")
     with ShardLock(tmp_path, 3, 4) as held:
-        assert held.excl_path == excl and json.loads(excl.read_text())["pid"] == os.getpid()
-        with pytest.raises(ShardLockedError, match=rf"{excl}.*pid {os.getpid()}.*check on its host"):
+        assert held.excl_path == excl and shard_lock._read_holder(excl)["pid"] == os.getpid()
+        with pytest.raises(ShardLockedError, match=rf"{excl}.*pid {os.getpid()} on host {socket.gethostname()}.*check on its host"):
             ShardLock(tmp_path, 3, 4).acquire()
     assert not excl.exists() and "falling back to an O_EXCL lock file" in caplog.text
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    excl.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": "then"}))
-    with pytest.raises(ShardLockedError, match=rf"{excl}.*pid {int(dead.stdout)}.*that process is gone: delete the file"):
+    # a holder killed without releasing leaves its marker; on this host its pid is gone, so the marker is taken over
+    code = f"import filelock, os; held = filelock.SoftFileLock({str(excl)!r}); held.acquire(); os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    dead_pid = shard_lock._read_holder(excl)["pid"]
+    assert dead_pid != os.getpid()
+    with ShardLock(tmp_path, 3, 4):
+        assert shard_lock._read_holder(excl)["pid"] == os.getpid()
+    # a marker from another host cannot be probed: refused, saying how to clear it
+    excl.write_text(f"{os.getpid()}\nsome-other-host\n{'1' * 40}\n")
+    with pytest.raises(ShardLockedError, match=rf"{excl}.*on host some-other-host.*delete the file"):
         ShardLock(tmp_path, 3, 4).acquire()
     excl.unlink()  # what the message asks for
     ShardLock(tmp_path, 3, 4).acquire().release()
 
 
 def test_second_run_of_a_shard_exits_with_one_line_and_writes_nothing(sample, tmp_path):
-    """A process holds shard 0/1 (a job still running); `lta extract` of the same shard is refused."""
+    """A process holds shard 0/1 (a job still running); `lta extract` of the same shard waits lock_wait_sec, then is refused."""
     store = tmp_path / "store"
     with ShardLock(store, 0, 1) as held:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "extract", f"data={sample}", f"store={store}",
-                               *EXTRACT_ARGS], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                               *EXTRACT_ARGS, "lock_wait_sec=1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    assert "waiting up to 1 s for it to be released" in proc.stderr  # the log says it waits
     (line,) = [x for x in proc.stderr.splitlines() if "ShardLockedError" in x]
     assert line.startswith("lta extract: ShardLockedError: shard 0/1 of")
-    assert str(held.path) in line and f"pid {os.getpid()}" in line
+    assert str(held.path) in line and f"pid {os.getpid()}" in line and "(waited 1 s)" in line
     assert sorted(p.name for p in store.iterdir()) == [".locks"]  # no store, config, summary or failures
 
 
