@@ -8,7 +8,9 @@ Both hold the same arrays; `features/store.py` holds the API and the write order
     rows/{clip_uid, action_idx, split, start_sec, end_sec}   the row table, written once at creation
 
 Zarr: every chunk carries a crc32c checksum, so a torn or truncated chunk file is an error, never
-data; zarr's LocalStore writes a chunk to a temporary file and renames it, and `fsync=True` flushes
+data. All reads go through zarr's own API (decode and checksum included; a private chunk reader was
+measured at under 1.6x on `lta train-heads` start-up at Ego4D v2 scale and removed, see
+bench/store_startup.py and the README benchmarks). zarr's LocalStore writes a chunk to a temporary file and renames it, and `fsync=True` flushes
 the data chunks to disk before the mask chunk that marks them done is written.
 
 HDF5: contiguous datasets allocated at creation (file space reserved, no fill written), so writing
@@ -19,7 +21,6 @@ mask bytes are still 0 (the mask is written, and flushed, after the data).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,76 +90,37 @@ class ZarrBackend:
         return out
 
     def _get(self, arr: Any, sel: slice, what: str) -> np.ndarray:
+        """`arr[sel]` through zarr's own decode (crc32c checked); a failure names the first bad chunk file."""
         try:
             return arr[sel]
         except Exception as err:  # crc mismatch, short chunk file, bad codec state
-            lo = "" if sel.start is None else f" rows [{sel.start}, {sel.stop})"
-            raise StoreCorruptError(
-                f"{self.path}: cannot read {what}{lo}: {type(err).__name__}: {err} "
-                f"(truncated or corrupt chunk; `lta store verify` lists the bad rows)"
-            ) from None
+            raise StoreCorruptError(self._read_failure(arr, sel, what, err)) from None
+
+    def _read_failure(self, arr: Any, sel: slice, what: str, err: Exception) -> str:
+        """One line naming the first chunk of `sel` that zarr cannot read (its file and rows), else the whole slice."""
+        start, stop, _ = sel.indices(arr.shape[0])
+        chunk = arr.chunks[0]
+        for c in range(start // chunk, max(start, stop - 1) // chunk + 1):
+            lo, hi = c * chunk, min((c + 1) * chunk, arr.shape[0])
+            try:
+                arr[lo:hi]
+            except Exception as chunk_err:
+                file = self.path / arr.path / arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))
+                err, what = chunk_err, f"{what} rows [{lo}, {hi}) from chunk file {file}"
+                break
+        else:
+            what = f"{what} rows [{start}, {stop})"
+        return (f"{self.path}: cannot read {what}: {type(err).__name__}: {err} "
+                f"(truncated or corrupt chunk; `lta store verify` lists the bad rows)")
 
     def read_features(self, sel: slice) -> np.ndarray:
-        if _direct_readable(self.features):
-            return self._read_direct("features", self.features, sel)
         return self._get(self.features, sel, "features")
 
     def read_windows(self, sel: slice) -> np.ndarray:
-        if _direct_readable(self.windows):
-            return self._read_direct("windows_sec", self.windows, sel)
         return self._get(self.windows, sel, "windows_sec")
 
     def read_done(self, sel: slice = slice(None)) -> np.ndarray:
-        if _direct_readable(self.done):
-            return self._read_direct("done", self.done, sel).astype(bool)
         return self._get(self.done, sel, "done mask").astype(bool)
-
-    def _read_direct(self, name: str, arr: Any, sel: slice) -> np.ndarray:
-        """Read rows straight from the chunk files into the output (one copy, like np.load), checking crc32c.
-
-        Same bytes and checks as zarr's own decode of (bytes little-endian, crc32c) chunks, without
-        its per-chunk overhead (about 10x faster on 64-row chunks).
-        """
-        import google_crc32c
-
-        start, stop, step = sel.indices(arr.shape[0])
-        if step != 1:
-            raise ValueError(f"row slices must have step 1, got {sel}")
-        stop = max(start, stop)
-        out = np.empty((stop - start, *arr.shape[1:]), dtype=arr.dtype)
-        if stop == start:
-            return out
-        chunk = arr.chunks[0]
-        row_bytes = out.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
-        flat = out.reshape(-1).view(np.uint8)
-        scratch = None
-        for c in range(start // chunk, (stop - 1) // chunk + 1):
-            lo, hi = max(start, c * chunk), min(stop, (c + 1) * chunk)
-            file = self.path / name / arr.metadata.encode_chunk_key((c,) + (0,) * (arr.ndim - 1))
-            try:
-                f = open(file, "rb")
-            except FileNotFoundError:  # never written: the fill value (NaN)
-                out[lo - start:hi - start] = arr.metadata.fill_value
-                continue
-            with f:
-                if lo == c * chunk and hi == (c + 1) * chunk:  # whole chunk: read in place
-                    target = flat[(lo - start) * row_bytes:(hi - start) * row_bytes]
-                else:  # edge of the requested range (or the store's last, padded chunk)
-                    scratch = np.empty(chunk * row_bytes, dtype=np.uint8) if scratch is None else scratch
-                    target = scratch
-                got = f.readinto(memoryview(target))
-                tail = f.read(5)
-            if got != chunk * row_bytes or len(tail) != 4:
-                raise StoreCorruptError(f"{self.path}: chunk file {file.relative_to(self.path)} has "
-                                        f"{got + len(tail)} bytes, expected {chunk * row_bytes + 4} (truncated or torn); "
-                                        f"`lta store verify` lists the bad rows")
-            if google_crc32c.value(target) != int.from_bytes(tail, "little"):
-                raise StoreCorruptError(f"{self.path}: chunk file {file.relative_to(self.path)} fails its crc32c check "
-                                        f"(rows [{c * chunk}, {(c + 1) * chunk})); `lta store verify` lists the bad rows")
-            if target is scratch:
-                rows = scratch.view(arr.dtype).reshape(chunk, *arr.shape[1:])
-                out[lo - start:hi - start] = rows[lo - c * chunk:hi - c * chunk]
-        return out
 
     def write_data(self, start: int, stop: int, features: np.ndarray, windows_sec: np.ndarray) -> None:
         self.features[start:stop] = features
@@ -194,23 +156,6 @@ class ZarrBackend:
 
     def close(self) -> None:
         pass
-
-
-def _direct_readable(arr: Any) -> bool:
-    """Whether chunk files of `arr` are raw little-endian rows + crc32c, whole rows per chunk, on a local path."""
-    from zarr.codecs import BytesCodec, Crc32cCodec
-    from zarr.storage import LocalStore
-
-    codecs = arr.metadata.codecs
-    return (
-        sys.byteorder == "little"
-        and isinstance(arr.store, LocalStore)
-        and len(codecs) == 2
-        and isinstance(codecs[0], BytesCodec)
-        and (codecs[0].endian is None or codecs[0].endian.value == "little")
-        and isinstance(codecs[1], Crc32cCodec)
-        and tuple(arr.chunks[1:]) == tuple(arr.shape[1:])
-    )
 
 
 def _fsync_path(path: Path, *, directory: bool = False) -> None:
