@@ -206,12 +206,27 @@ def test_imported_run_with_data_evaluates_and_predicts(lta_store, tmp_path, caps
     assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(root / "data")
     assert cmd_evaluate.main([f"run={run}", "baselines=[frequency_prior]", "generators=[greedy+sample]"]) == 0
     metrics = json.loads((run / "metrics_val.json").read_text())
-    eds = [metrics["model.greedy+sample.action_ed"], metrics["frequency_prior.action_ed"]]
-    assert metrics["cache_keys"] == {"slowfast": key} and all(0.0 < ed <= 1.0 for ed in eds)
+    assert metrics["cache_keys"] == {"slowfast": key}
+    from train_heads.run import load_run
+
+    imported = load_run(run)  # its num_seen, window convention and Z decide which windows exist
+    window = dict(num_seen=imported.num_seen, convention=imported.convention, num_future=int(imported.cfg["head"]["num_future"]))
+    val = _windows_from_annotations(root / "data", "val", **window)
+    assert metrics["num_windows"] == len(val) > 0
+    # `lta predict` writes exactly the windows of the split, and evaluate's ED is the edit distance recomputed
+    # here from that file (the same seeded draws) against the true future actions
+    val_out = tmp_path / "val_outputs.json"
+    assert cmd_predict.main([f"run={run}", f"out={val_out}", "split=val", "generator=greedy+sample"]) == 0
+    val_pred = json.loads(val_out.read_text())
+    assert set(val_pred) == set(val)
+    ed = np.mean([min(_levenshtein(list(zip(v, n)), val[key]) for v, n in zip(p["verb"], p["noun"])) / len(val[key])
+                  for key, p in val_pred.items()])
+    assert metrics["model.greedy+sample.action_ed"] == pytest.approx(ed, abs=1e-9)
     out = tmp_path / "outputs.json"
     assert cmd_predict.main([f"run={run}", f"out={out}", "split=test"]) == 0
     predictions = json.loads(out.read_text())
-    assert predictions and all(len(v["verb"]) == 5 for v in predictions.values())
+    assert set(predictions) == set(_windows_from_annotations(root / "data", "test", **window))
+    assert all(np.shape(v["verb"]) == np.shape(v["noun"]) == (5, window["num_future"]) for v in predictions.values())
     # a dataset whose taxonomy does not fit the checkpoint's head is refused at import time
     other = tmp_path / "other"
     (other / "annotations").mkdir(parents=True)
@@ -220,3 +235,34 @@ def test_imported_run_with_data_evaluates_and_predicts(lta_store, tmp_path, caps
     assert cmd_import_checkpoint.main([*argv[:1], f"out={tmp_path / 'bad'}", argv[2], f"data={other}"]) == 2
     assert "2 verbs and 1 nouns, but the checkpoint's head predicts 7 verbs and 11 nouns" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def _windows_from_annotations(data, split, *, num_seen, convention, num_future):
+    """key -> true future (verb, noun) pairs of every forecasting window of `split`, straight from its JSON file.
+
+    A window ends at the segment at position p of its clip (in action_idx order) with num_seen segments up to
+    p and num_future after it; the "challenge" convention also drops each clip's last window.
+    """
+    name = {"test": "fho_lta_test_unannotated.json"}.get(split, f"fho_lta_{split}.json")
+    clips = {}
+    for rec in json.loads((data / "annotations" / name).read_text())["clips"]:
+        clips.setdefault(rec["clip_uid"], []).append(rec)
+    out = {}
+    for uid, recs in clips.items():
+        recs.sort(key=lambda r: r["action_idx"])
+        last = len(recs) - num_future - (1 if convention == "challenge" else 0)
+        for p in range(num_seen - 1, last):
+            future = recs[p + 1:p + 1 + num_future]
+            out[f"{uid}_{recs[p]['action_idx']}"] = [(r.get("verb_label"), r.get("noun_label")) for r in future]
+    return out
+
+
+def _levenshtein(a, b):
+    """Edit distance (insert, delete, substitute; cost 1 each) between two sequences."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
