@@ -184,8 +184,8 @@ def _method_rows(metrics: dict[str, Any], methods: Sequence[str], cols: Sequence
     for m in methods:
         kind = "model" if m.startswith("model.") else "oracle" if m in oracles else "baseline"
         note = f"trained head, generator {m[len('model.'):]}" if kind == "model" else BASELINE_NOTES.get(m, "")
-        if kind == "oracle":
-            note = (note + "; " if note else "") + "reads the true labels: an upper bound, not a competitor"
+        if kind == "oracle" and not note:
+            note = "reads the true labels: an upper bound, not a competitor"
         out.append(f'<tr class="{kind}" data-method="{_e(m)}"><td class="name">'
                    f'<span class="swatch" style="background:{colours[m]}"></span>{_e(m)}</td>')
         for c, _ in cols:
