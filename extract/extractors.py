@@ -28,6 +28,7 @@ Preprocessing is batched tensor ops on the model's device:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import re
@@ -333,6 +334,51 @@ class SlowFastExtractor(VideoExtractor):
         return self.model([x.index_select(2, slow_idx), x])  # fresh list every call
 
 
+class CheckpointSlowFastExtractor(SlowFastExtractor):
+    """The SlowFast trunk a released Ego4D Lightning checkpoint describes in its own config (any depth and width),
+    with that checkpoint's weights: `slowfast_ckpt.ego4d` + `weights=PATH/lta_slowfast_trf.ckpt` (or a
+    recognition checkpoint). An LTA checkpoint carries the backbone whose batch-norm statistics its head was
+    trained with (the reference keeps the frozen backbone in train mode), so its released heads need these
+    features; `slowfast_r101_8x8.ego4d` with the same weights= builds the fixed R101 and gives the same values
+    for the released R101 checkpoints.
+    """
+
+    @classmethod
+    def build(cls, name: str, *, weights: str, device: str, crop_size: int | None) -> "CheckpointSlowFastExtractor":
+        from extract import backbones
+        from features.checkpoint_io import cfg_get, load_lightning_checkpoint
+
+        if weights in ("default", "random"):
+            raise ValueError(f"{name}: builds the SlowFast of a released Ego4D checkpoint from its own config; pass "
+                             f"weights=PATH to it (e.g. lta_slowfast_trf.ckpt), not weights={weights}")
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: weights file {path} not found")
+        ckpt = load_lightning_checkpoint(path)
+        arch = str(cfg_get(ckpt.cfg, "MODEL.ARCH", "")).lower()
+        if arch != "slowfast":
+            raise ValueError(f"{name}: {path} is a MODEL.ARCH={arch!r} checkpoint, not a SlowFast one")
+        model, info = backbones.build_from_checkpoint(ckpt)
+        kw = info.builder_kwargs
+        if crop_size is not None and crop_size != kw["crop_size"]:
+            raise ValueError(f"{name}: crop_size={crop_size}, but {path.name} was built for crop {kw['crop_size']} "
+                             "(its DATA.TRAIN_CROP_SIZE); leave the crop override unset")
+        if kw["alpha"] != cls.ALPHA:
+            raise ValueError(f"{name}: {path.name} has SLOWFAST.ALPHA={kw['alpha']}, the extractor packs alpha={cls.ALPHA}")
+        frames, rate = int(cfg_get(ckpt.cfg, "DATA.NUM_FRAMES", 32)), int(cfg_get(ckpt.cfg, "DATA.SAMPLING_RATE", 2))
+        crop = int(kw["crop_size"])
+        spec = ExtractorSpec(
+            name=name, arch=f"slowfast_r{kw['depth']}", num_frames=frames, window_frames=frames, sampling_rate=rate,
+            short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
+            mean=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.MEAN", VIDEO_MEAN)),
+            std=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.STD", VIDEO_STD)), view_shape=(info.feature_dim,),
+            tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=sha256_file(path),
+            target_fps=float(cfg_get(ckpt.cfg, "DATA.TARGET_FPS", 30)),
+            arch_kwargs=tuple(sorted((k, json.dumps(v)) for k, v in kw.items())),
+        )
+        return cls(spec, model, device)
+
+
 class MViTExtractor(VideoExtractor):
     """MViT-B 16x4: the 768-d class token after the final norm."""
 
@@ -443,31 +489,8 @@ class ClipExtractor(Extractor):
 
     @classmethod
     def build(cls, name: str, *, weights: str, device: str, crop_size: int | None, num_frames: int = 8) -> "ClipExtractor":
-        import open_clip
-
         arch, tag = resolve_clip_name(name)
-        pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
-        quick_gelu = bool(pretrained_cfg.get("quick_gelu", False))
-        extra = {"force_image_size": crop_size} if crop_size else {}
-        if weights == "random":
-            model = _seeded_build(lambda: open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu, **extra))
-            source, sha = "random", ""
-        elif weights == "default":
-            try:
-                path = open_clip.pretrained.download_pretrained(pretrained_cfg)
-            except Exception as err:
-                raise RuntimeError(f"{name}: cannot fetch open_clip weights {arch}/{tag} ({type(err).__name__}: {err}); "
-                                   "offline? pass weights=PATH to a local copy, or weights=random for tests") from None
-            if not path:
-                raise RuntimeError(f"{name}: open_clip has no download for {arch}/{tag}")
-            model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, **extra)
-            source, sha = f"open_clip:{arch}/{tag}", sha256_file(path)
-        else:
-            path = Path(weights)
-            if not path.is_file():
-                raise FileNotFoundError(f"{name}: weights file {path} not found")
-            model = open_clip.create_model(arch, pretrained=str(path), force_quick_gelu=quick_gelu, **extra)
-            source, sha = str(path.resolve()), sha256_file(path)
+        model, source, sha, quick_gelu = _load_open_clip(name, arch, tag, weights=weights, crop_size=crop_size)
         cfg = model.visual.preprocess_cfg
         size = int(cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else cfg["size"])
         if cfg.get("resize_mode", "shortest") != "shortest":
@@ -500,6 +523,101 @@ class ClipExtractor(Extractor):
 
     def forward(self, x: "torch.Tensor") -> "torch.Tensor":
         return self.model(x)
+
+
+class DasRyooClipExtractor(VideoExtractor):
+    """Das & Ryoo's CLIP input path (clip_baseline_LTA_Ego4d, ForecastingEncoderDecoder_clip.encode_clips,
+    lta_models.py:494-523): CLIP's image tower sees, per input clip, the 8 slow-pathway frames of the SlowFast
+    pipeline, i.e. the reference val/test transform (/255, Normalize(0.45, 0.225), bilinear short side 256,
+    centre crop 224; no CLIP resize or mean/std), in time order. Output (N, 8, D), one raw embedding per
+    frame: their `_clip` head averages them, their `_clip_text` head L2-normalises each (head options
+    frame_pool=mean / normalize=l2). Frames and slow positions are exactly the SlowFast extractor's
+    (32-frame window, the LTA loader's per-slot slow frames), so it stores one variant per (N_in, slot) too.
+    """
+
+    ALPHA = SlowFastExtractor.ALPHA
+    _slot_fields = SlowFastExtractor._slot_fields
+
+    @classmethod
+    def build(cls, name: str, *, arch_name: str, weights: str, device: str, crop_size: int | None) -> "DasRyooClipExtractor":
+        arch, tag = resolve_clip_name(arch_name)
+        crop = crop_size or 224
+        model, source, sha, quick_gelu = _load_open_clip(name, arch, tag, weights=weights,
+                                                         crop_size=crop if crop != 224 else None)
+        num_slow = 32 // cls.ALPHA
+        spec = ExtractorSpec(
+            name=name, arch=arch, num_frames=32, window_frames=32, sampling_rate=2,
+            short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
+            mean=VIDEO_MEAN, std=VIDEO_STD, view_shape=(num_slow, int(model.visual.output_dim)),
+            tapped_layer="encode_image (after projection) of the slow-pathway frames",
+            weights=source, weights_sha256=sha, arch_kwargs=(("force_quick_gelu", quick_gelu), ("tag", tag)),
+        )
+        return cls(spec, model.visual, device)
+
+    def clip_inputs(self, x: "torch.Tensor", slot: int = 0) -> "torch.Tensor":
+        """(N*8, 3, S, S): the slow frames of `x` (N, 3, T, S, S), batch-major then time, as they pass
+        `rearrange(pathway[:, i], 'b c t h w -> (b t) c h w')` to encode_image."""
+        import torch
+
+        if self.spec.slow_positions:
+            idx = torch.tensor(self.spec.slow_positions[slot], device=x.device)
+        else:  # not configured: the recognition rule, as SlowFastExtractor.forward
+            idx = torch.linspace(0, x.shape[2] - 1, x.shape[2] // self.ALPHA, device=x.device).long()
+        slow = x.index_select(2, idx)  # (N, 3, 8, S, S)
+        return slow.transpose(1, 2).reshape(-1, *slow.shape[1:2], *slow.shape[3:])
+
+    def forward_slot(self, x: "torch.Tensor", slot: int) -> "torch.Tensor":
+        return self.forward(x, slot=slot)
+
+    def forward(self, x: "torch.Tensor", slot: int = 0) -> "torch.Tensor":
+        return self.model(self.clip_inputs(x, slot)).reshape(len(x), *self.spec.view_shape)
+
+    def call_slots(self, frames: Any) -> "torch.Tensor":
+        """(N, num_slots, 8, D) like `Extractor.call_slots`, but CLIP embeds each frame on its own, so every
+        frame that some slot's slow pathway uses is embedded once (25 distinct of 48 for N_in 2 and 4)."""
+        import torch
+
+        if not self.spec.slow_positions:
+            return super().call_slots(frames)
+        frames = self._checked(frames)
+        union = sorted({p for pos in self.spec.slow_positions for p in pos})
+        column = {p: i for i, p in enumerate(union)}
+        with torch.inference_mode(), self._autocast():
+            x = self.preprocess(frames.to(self.device, non_blocking=True))  # (N, 3, T, S, S)
+            sel = x.index_select(2, torch.tensor(union, device=x.device)).transpose(1, 2)  # (N, U, 3, S, S)
+            emb = self.model(sel.reshape(-1, *sel.shape[2:])).float().reshape(len(x), len(union), -1)
+            out = torch.stack([emb[:, [column[p] for p in pos]] for pos in self.spec.slow_positions], 1)
+        return out.cpu().reshape(len(frames), self.spec.num_slots, *self.spec.view_shape)
+
+
+def _load_open_clip(name: str, arch: str, tag: str, *, weights: str, crop_size: int | None) -> tuple[Any, str, str, bool]:
+    """open_clip model `arch` with `weights` (random | default = the tag's download | PATH); returns
+    (model, source, sha256, quick_gelu)."""
+    import open_clip
+
+    pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    quick_gelu = bool(pretrained_cfg.get("quick_gelu", False))
+    extra = {"force_image_size": crop_size} if crop_size else {}
+    if weights == "random":
+        model = _seeded_build(lambda: open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu, **extra))
+        source, sha = "random", ""
+    elif weights == "default":
+        try:
+            path = open_clip.pretrained.download_pretrained(pretrained_cfg)
+        except Exception as err:
+            raise RuntimeError(f"{name}: cannot fetch open_clip weights {arch}/{tag} ({type(err).__name__}: {err}); "
+                               "offline? pass weights=PATH to a local copy, or weights=random for tests") from None
+        if not path:
+            raise RuntimeError(f"{name}: open_clip has no download for {arch}/{tag}")
+        model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, **extra)
+        source, sha = f"open_clip:{arch}/{tag}", sha256_file(path)
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: weights file {path} not found")
+        model = open_clip.create_model(arch, pretrained=str(path), force_quick_gelu=quick_gelu, **extra)
+        source, sha = str(path.resolve()), sha256_file(path)
+    return model, source, sha, quick_gelu
 
 
 def resolve_clip_name(name: str) -> tuple[str, str]:
@@ -539,6 +657,11 @@ def slowfast_r101_8x8_ego4d(**kw: Any) -> Extractor:
     return SlowFastExtractor.build("slowfast_r101_8x8.ego4d", depth=101, **kw)
 
 
+@register_extractor("slowfast_ckpt.ego4d")
+def slowfast_ckpt_ego4d(**kw: Any) -> Extractor:
+    return CheckpointSlowFastExtractor.build("slowfast_ckpt.ego4d", **kw)
+
+
 @register_extractor("mvit_b_16x4.kinetics")
 def mvit_b_16x4_kinetics(**kw: Any) -> Extractor:
     return MViTExtractor.build("mvit_b_16x4.kinetics", **kw)
@@ -557,6 +680,12 @@ def clip_vit_b32_openai(**kw: Any) -> Extractor:
 @register_extractor("clip_vit_b16.openai")
 def clip_vit_b16_openai(**kw: Any) -> Extractor:
     return ClipExtractor.build("clip_vit_b16.openai", **kw)
+
+
+@register_extractor("clip_vit_b32_dasryoo.openai")
+def clip_vit_b32_dasryoo_openai(**kw: Any) -> Extractor:
+    """OpenAI ViT-B/32 (the model Das & Ryoo load) on their inputs; `clip_vit_b32.openai` is open_clip's preprocessing."""
+    return DasRyooClipExtractor.build("clip_vit_b32_dasryoo.openai", arch_name="clip_vit_b32.openai", **kw)
 
 
 @register_extractor("clip_vit_l14.openai")

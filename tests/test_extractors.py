@@ -14,6 +14,7 @@ CHEAP = [  # one per class, small crops; R101 / ViT-B-16 / ViT-L-14 differ only 
     ("slowfast_r50_8x8.kinetics", 64, (2304,)),
     ("mvit_b_16x4.kinetics", 64, (768,)),
     ("clip_vit_b32.openai", 64, (8, 512)),
+    ("clip_vit_b32_dasryoo.openai", 64, (8, 512)),  # Das & Ryoo's inputs (tests/test_clip_dasryoo.py)
 ]
 
 
@@ -41,7 +42,7 @@ def test_registry_names_and_errors():
     names = list_extractors()
     for required in ["slowfast_r50_8x8.kinetics", "slowfast_r101_8x8.kinetics", "slowfast_r101_8x8.ego4d",
                      "mvit_b_16x4.kinetics", "mvit_b_16x4.ego4d", "clip_vit_b32.openai", "clip_vit_b16.openai",
-                     "clip_vit_l14.openai"]:
+                     "clip_vit_l14.openai", "clip_vit_b32_dasryoo.openai", "slowfast_ckpt.ego4d"]:
         assert required in names
     with pytest.raises(ValueError, match=r"unknown extractor 'resnet9.x'; available: \["):
         create_extractor("resnet9.x")
@@ -54,6 +55,8 @@ def test_registry_names_and_errors():
         create_extractor("slowfast_r101_8x8.ego4d", weights="default", crop_size=64)
     with pytest.raises(FileNotFoundError, match="not found"):
         create_extractor("mvit_b_16x4.ego4d", weights="/no/such.ckpt", crop_size=64)
+    with pytest.raises(ValueError, match="pass weights=PATH"):  # its architecture comes from the checkpoint
+        create_extractor("slowfast_ckpt.ego4d", weights="random")
 
 
 def test_cuda_without_gpu_is_an_error():
@@ -112,9 +115,11 @@ def _natural_frames(tmp_path, n=3, w=200, h=150):
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-def test_clip_preprocessing_matches_open_clip_pil(tmp_path):
-    """Tensor preprocessing vs open_clip's PIL `preprocess`: within 4 uint8 levels (max) / 0.3 level (mean); measured 3 / 0.14,
-    the difference between PIL's and torch's antialiased bicubic kernels after uint8 rounding."""
+def test_open_clip_variant_preprocessing_matches_open_clip_pil(tmp_path):
+    """`clip_vit_b32.openai` is the open_clip-preprocessed variant, not the reference: Das & Ryoo feed CLIP the
+    SlowFast-normalised slow-pathway crops (`clip_vit_b32_dasryoo.openai`, pinned against the reference's own
+    tensors in tests/test_clip_dasryoo.py). This pins the variant to open_clip's own PIL `preprocess`: within 4
+    uint8 levels (max) / 0.3 level (mean); measured 3 / 0.14, PIL's vs torch's antialiased bicubic kernels."""
     import open_clip
     from PIL import Image
 
