@@ -15,7 +15,8 @@ fixture's clips, segments or counts: everything is read from windows.json, MANIF
 `extract_fixture` runs the real `lta extract` command (pipelines.cmd_extract.main) on the fixture's mp4
 files into a float32 store; while it runs, every backbone forward is recorded (a forward hook on the
 extractor's model, which changes nothing), so the exact tensors the model received can be compared
-with the reference's inputs.
+with the reference's inputs. By default only the segments that windows observe are extracted
+(`window_inputs_data`: same mp4 bytes, annotations restricted to those segments).
 """
 from __future__ import annotations
 
@@ -189,15 +190,35 @@ class ExtractRun:
         return [t[i] for t in rec.inputs] if isinstance(rec.inputs, list) else rec.inputs[i]
 
 
+def window_inputs_data(fx: E2EFixture, out: Path) -> Path:
+    """A data root with the fixture's clips (copied, byte for byte) and annotations holding only the
+    segments that some window of windows.json observes (features are per segment, so extracting them
+    gives the same values as extracting every segment, in a fraction of the time)."""
+    wanted = {(w["clip_uid"], int(a)) for p in fx.pipelines() for w in fx.windows(p) for a in w["input_action_idx"]}
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    (out / "clips").mkdir(exist_ok=True)
+    for path in (fx.root / "annotations").glob("*.json"):
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "clips" in data:
+            data["clips"] = [r for r in data["clips"] if (r["clip_uid"], int(r["action_idx"])) in wanted]
+        (out / "annotations" / path.name).write_text(json.dumps(data))
+    for uid in {u for u, _ in wanted}:
+        (out / "clips" / f"{uid}.mp4").write_bytes(fx.clip_path(uid).read_bytes())
+    return out
+
+
 def extract_fixture(fx: E2EFixture, store_root: Path, extractor: str, weights: Path | str, *,
                     num_input_clips: Sequence[int], splits: Sequence[str] | None = None,
-                    extra: Sequence[str] = ()) -> ExtractRun:
+                    extra: Sequence[str] = (), all_segments: bool = False) -> ExtractRun:
     """`lta extract` of the fixture clips with `extractor` / `weights` into a float32 store under `store_root`.
 
     Args:
         num_input_clips: the N_in values to reproduce (e.g. `fx.num_input_clips("slowfast")`).
         splits: annotation splits to extract (default: those windows.json lists).
         extra: more `key=value` arguments for `lta extract` (e.g. "linspace=torch").
+        all_segments: extract every annotated segment from the fixture folder itself; default: only the
+            segments windows observe (`window_inputs_data`, written next to `store_root`), which is all
+            that the windows' features need.
 
     Returns:
         The run; `rc` is the command's return code (0 expected).
@@ -206,7 +227,8 @@ def extract_fixture(fx: E2EFixture, store_root: Path, extractor: str, weights: P
     from pipelines import cmd_extract
 
     splits = list(splits or fx.splits())
-    argv = [f"data={fx.root}", f"store={store_root}", f"extractors=[{extractor}]", f"weights={weights}",
+    data = fx.root if all_segments else window_inputs_data(fx, Path(store_root).parent / (Path(store_root).name + "_data"))
+    argv = [f"data={data}", f"store={store_root}", f"extractors=[{extractor}]", f"weights={weights}",
             f"splits=[{','.join(splits)}]", f"num_input_clips=[{','.join(map(str, num_input_clips))}]",
             "device=cpu", "dtype=float32", "batch_size=4", "decode_workers=1", "progress=false", "precision=fp32",
             "max_failed_frac=1.0", *extra]

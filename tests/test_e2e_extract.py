@@ -187,3 +187,32 @@ def test_crop224_slow_pathway(fx, infos, one_torch_thread):
                 torch.testing.assert_close(slow, ref_slow[j], **INPUT_TOL, msg=f"{pipeline} {w['key']} clip {j}")
                 checked += 1
     assert checked > 0
+
+
+def test_heads_read_each_input_position_from_its_slot(fx, slowfast_runs):
+    """train_heads' data path (load_bank -> make_split_windows -> gather) gives every window exactly the
+    reference features of its N_in clips, slot by slot; a head N_in the store lacks is refused by name."""
+    from features.store import StoreError
+    from train_heads.data import DeviceWindows, iterate_batches
+    from train_heads.inputs import load_bank, split_windows
+
+    section, run = next(iter(slowfast_runs.items()))
+    bank = load_bank(run.store_path.parent, {"slowfast": run.store.key}, splits=fx.splits("slowfast")).to("cpu")
+    checked = 0
+    for pipeline, by_key in fx.outputs_tiny[section].items():
+        n_in = int(fx.pipeline(pipeline)["num_input_clips"])
+        for split in fx.splits(pipeline):
+            _, win = split_windows(fx.root, split, bank, num_input=n_in, num_future=int(fx.spec["z"]),
+                                   num_seen=n_in, convention="plus_one")
+            batches = iterate_batches(DeviceWindows(win, "cpu"), bank, batch_size=max(len(win), 1), train=False)
+            for batch in batches:
+                for i, k in zip(batch.index.tolist(), batch.inputs["slowfast"]):
+                    key = win.keys[i]
+                    if key in by_key:
+                        torch.testing.assert_close(k, by_key[key]["pooled"].float(), **FEATURE_TOL, msg=f"{pipeline} {key}")
+                        checked += 1
+    assert checked > 0
+    missing = max(fx.num_input_clips("slowfast")) + 1
+    with pytest.raises(StoreError, match=f"num_input={missing}"):
+        split_windows(fx.root, fx.splits("slowfast")[0], bank, num_input=missing, num_future=int(fx.spec["z"]),
+                      num_seen=missing, convention="plus_one")
