@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/faults.py            # all four test files (~4 min on 2 CPU cores)
     .venv/bin/python bench/faults.py -k video   # a subset (pytest -k expression)
+    LTA_FAULT_SEED=123 .venv/bin/python bench/faults.py   # replay: every randomised fault test uses this seed
 
 Each test records (fault, trials, survived, rows lost) through `test_faults_video.record_fault`
 into the file named by $LTA_FAULTS_LOG; this script points that at a temporary file, runs pytest
-on tests/test_faults_{video,annotations,process}.py and tests/test_security.py, and prints the
-table. `survived` counts trials that behaved as the documented policy says (a correct result, or
+on tests/test_faults_{video,annotations,process}.py, tests/test_preemption.py (SIGTERM / requeue /
+shard layouts / readers during writes / job errors) and tests/test_security.py, and prints the
+table. Randomised fault points come from `tests/fault_seed.py`: each test prints its seed (shown
+for a failed test), and $LTA_FAULT_SEED replays one. `survived` counts trials that behaved as the documented policy says (a correct result, or
 a failure record with a precise reason, and the run went on); `rows lost` counts rows of the
 unaffected clips (or finished rows of a killed run) that are missing or differ from a clean run.
 Exit code: pytest's, or 1 when any fault lost rows or did not survive every trial.
@@ -24,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_FILES = ["tests/test_faults_video.py", "tests/test_faults_annotations.py", "tests/test_faults_process.py",
-              "tests/test_security.py"]
+              "tests/test_preemption.py", "tests/test_security.py"]
 
 
 def run_campaign(pytest_args: list[str]) -> tuple[int, list[dict], float]:

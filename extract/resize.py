@@ -43,7 +43,7 @@ class ResizeParams:
 @dataclass
 class ResizeResult:
     clip_uid: str
-    status: str  # "done" | "skipped" | "failed"
+    status: str  # "done" | "skipped" | "failed" | "interrupted" (a stop signal: not attempted or abandoned)
     reason: str = ""
     seconds: float = 0.0
     video_sec: float = 0.0
@@ -116,6 +116,30 @@ def check_output(path: Path, *, want_size: tuple[int, int] | None, want_frames: 
     return ""
 
 
+def _run_stoppable(cmd: list[str]) -> subprocess.CompletedProcess | None:
+    """`subprocess.run(cmd)` capturing text output; None (ffmpeg terminated) when a stop signal arrives meanwhile."""
+    from features.interrupt import stop_requested
+
+    # its own session: a Ctrl-C in the terminal reaches only us, and we end ffmpeg
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if stop_requested():
+                    proc.terminate()
+                    try:
+                        proc.communicate(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.communicate()
+                    return None
+    if proc.returncode != 0 and stop_requested():  # signalled along with us (SLURM signals the whole job step)
+        return None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def resize_clip(src: Path, dst: Path, params: ResizeParams, *, exe: str | None = None) -> ResizeResult:
     """Resize one clip atomically; skip it when `dst` already exists and checks out. Never raises for bad input.
 
@@ -125,8 +149,12 @@ def resize_clip(src: Path, dst: Path, params: ResizeParams, *, exe: str | None =
     """
     from extract.decode import DecodeError, probe_clip
 
+    from features.interrupt import stop_requested
+
     t0 = time.perf_counter()
     uid = src.stem
+    if stop_requested():  # a stop signal: clips not started yet are left for the re-run
+        return ResizeResult(uid, "interrupted")
     try:
         info = probe_clip(src, allow_vfr=True)
     except DecodeError as err:
@@ -144,7 +172,9 @@ def resize_clip(src: Path, dst: Path, params: ResizeParams, *, exe: str | None =
     tmp = dst.with_name(f".{dst.stem}.tmp-{uuid.uuid4().hex[:8]}.mp4")
     try:
         cmd = resize_command(src, tmp, params, exe=exe, constant_rate_fps=info.fps if retime else None)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = _run_stoppable(cmd)
+        if proc is None:  # a stop signal: this clip is abandoned (its temp file goes), neither done nor failed
+            return ResizeResult(uid, "interrupted", "", time.perf_counter() - t0)
         if proc.returncode != 0:
             err = proc.stderr.strip().splitlines()
             err = err if len(err) <= 6 else [*err[:3], "...", *err[-3:]]

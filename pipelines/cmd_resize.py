@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +41,19 @@ def resize_shard(args: tuple[str, list[str], dict, int]) -> list[dict]:
 
 
 def _run(cfg: ResizeConfig) -> int:
+    from features.interrupt import Interrupted, grace_sec, stop_on_signals
+
+    # SIGTERM / SIGINT: running ffmpeg encodes are abandoned (temp files removed), clips done so far stay, exit 75
+    grace = grace_sec() + (15.0 if cfg.launcher in ("local", "slurm") else 0.0)
+    with stop_on_signals("resize", grace=grace, message="abandoning the clips being encoded") as stop:
+        try:
+            return _resize(cfg, stop)
+        except Interrupted as err:  # from the launcher: jobs stopped
+            print(f"lta resize: {err}", file=sys.stderr)
+            return err.exit_code
+
+
+def _resize(cfg: ResizeConfig, stop) -> int:
     from extract import launch
     from extract.failures import append_failures
     from extract.resize import ResizeParams, list_raw_clips, write_manifest
@@ -66,13 +80,17 @@ def _run(cfg: ResizeConfig) -> int:
     failures_path = data / "clips" / "failures.jsonl"
     append_failures(failures_path, [{"stage": "resize", "clip_uid": r["clip_uid"], "reason": r["reason"],
                                      "path": str(data / "clips_hq" / f"{r['clip_uid']}.mp4")} for r in failed])
-    count = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")}
+    count = {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed", "interrupted")}
     video_h = sum(r["video_sec"] for r in results) / 3600
-    log.info("resize: %d done, %d skipped, %d failed of %d clips | %.2f h of video | %.1f s wall | %.2f clips/s%s",
-             count["done"], count["skipped"], count["failed"], len(results), video_h, wall,
-             len(results) / max(wall, 1e-9), f" | failures in {failures_path}" if failed else "")
+    log.info("resize: %d done, %d skipped, %d failed, %d not done (interrupted) of %d clips | %.2f h of video | "
+             "%.1f s wall | %.2f clips/s%s", count["done"], count["skipped"], count["failed"], count["interrupted"],
+             len(results), video_h, wall, len(results) / max(wall, 1e-9), f" | failures in {failures_path}" if failed else "")
     for r in failed[:10]:
         log.error("resize failed: %s: %s", r["clip_uid"], r["reason"])
+    if count["interrupted"]:
+        err = stop.interrupted(f"{count['done'] + count['skipped']} of {len(results)} clips done")
+        print(f"lta resize: {err}", file=sys.stderr)
+        return err.exit_code
     return 1 if len(failed) > cfg.max_failed_frac * max(len(results), 1) else 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fault_seed import fault_rng
 from features.store import FeatureStore, open_root
 from test_faults_video import record_fault
 
@@ -118,7 +119,7 @@ def summary(root: Path) -> dict:
 def test_sigkill_extract_then_rerun_equals_uninterrupted(sample, reference, tmp_path):
     """3 trials: killed during start-up, or after a random number of rows; trial 1 then meets a full disk."""
     num_rows = len(reference[0])
-    rng = np.random.default_rng(int(time.time() * 1e3) % 2**32)
+    rng = fault_rng("SIGKILL lta extract")
     at_kill, lost, disk = [], [], {"trials": 0, "survived": 0}
     for trial in range(3):
         root = tmp_path / f"trial{trial}"
@@ -231,7 +232,7 @@ def test_sigkill_train_heads_then_resume_equals_uninterrupted(heads_data, tmp_pa
     finish(start("train-heads", heads_args(heads_data, ref)))
     epochs = len(json.loads((ref / "metrics.json").read_text())["history"])
     assert epochs == 8
-    rng = np.random.default_rng(int(time.time() * 1e3) % 2**32 + 1)
+    rng = fault_rng("SIGKILL lta train-heads")
     at_kill, failed, disk = [], [], {"trials": 0, "survived": 0}
     for trial in range(3):
         run = tmp_path / f"trial{trial}"

@@ -323,7 +323,8 @@ def test_readers_during_an_extraction_see_only_done_rows(sample, reference, tmp_
 
 # -- one-line errors from jobs ----------------------------------------------------------------------
 def _one(lines: list[str], word: str) -> str:
-    hits = [x for x in lines if word in x]
+    """The one error line the command printed (`lta extract: ...`) that names `word`."""
+    hits = [x for x in lines if x.startswith("lta extract: ") and word in x]
     assert len(hits) == 1, lines[-10:]
     return hits[0]
 

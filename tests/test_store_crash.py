@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fault_seed import fault_rng
 from features.store import FeatureStore, cache_key, store_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,13 +91,12 @@ def assert_consistent(path, feats, wins):
 def test_kill9_during_write_then_resume_equals_uninterrupted(tmp_path, backend, trials):
     feats, wins = expected()
     ref_root = tmp_path / "ref"
-    t0 = time.perf_counter()
     run_writer(ref_root, backend)
     num_batches = -(-NUM_ROWS // 24)
     ref_path = store_path(ref_root, cache_key("crash", SPEC), backend)
     assert assert_consistent(ref_path, feats, wins) == NUM_ROWS
 
-    rng = np.random.default_rng(int(t0 * 1e6) % 2**32)
+    rng = fault_rng(f"SIGKILL store writer ({backend})")
     partial = []
     for trial in range(trials):
         root = tmp_path / f"trial{trial}"
