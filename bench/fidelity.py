@@ -10,6 +10,7 @@ fixture's SlowFast pipelines:
   how many slow frames differ;
 - precision=bf16 (CPU autocast here; CUDA bf16 rounds the same way but runs other kernels) vs fp32;
 - linspace=torch (installed torch) vs torch19: windows whose frames differ and the feature difference there;
+- the cost of per_slot: stored vectors per segment and model time, against slot_independent;
 - the project's former spatial order (scale uint8 frames, then normalise) vs the reference order, as the
   max |diff| of the crop-64 inputs against inputs_crop64.pt.
 
@@ -17,6 +18,7 @@ Each figure is printed with what it is; README "Fidelity" quotes them.
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 import tempfile
@@ -71,6 +73,12 @@ def main(argv: list[str]) -> int:
             if tl:
                 print(f"  linspace=torch vs torch19: {len(tl)} (window, clip) pairs pick other frames; relative feature "
                       f"difference there mean {np.mean(tl):.3g}, max {np.max(tl):.3g}")
+            cost = {k: json.loads((runs[k].store_path.parent / "extract_summary.json").read_text())[0]
+                    for k in ("exact", "slot_independent")}
+            views = {k: runs[k].store.num_views for k in cost}
+            print(f"  cost per segment, per_slot (num_input_clips={ns}) vs slot_independent: {views['exact']} vs "
+                  f"{views['slot_independent']} stored vectors; model time {cost['exact']['model_sec']:.1f} s vs "
+                  f"{cost['slot_independent']['model_sec']:.1f} s for {cost['exact']['rows_done']} segments")
 
     # the former spatial order (scale the uint8 frames, then normalise) vs the reference order
     from extract import decode
