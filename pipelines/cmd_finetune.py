@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Optional, Sequence
@@ -103,9 +104,15 @@ class SlurmTrainJob:
             )
         setup_logging()
         from extract.finetune.train import finetune
+        from extract.launch import run_job_body
 
-        result = finetune(self.opts)
-        return {k: v for k, v in result.items() if k not in ("spec", "model")}
+        def body() -> dict:
+            result = finetune(self.opts)
+            return {k: v for k, v in result.items() if k not in ("spec", "model")}
+
+        # SIGTERM / SIGINT / submitit's USR2: stop after the current step with a checkpoint; after USR2
+        # submitit calls checkpoint() below and requeues the job, which resumes from that checkpoint
+        return run_job_body("finetune-backbone", body, portable_errors=False)
 
     def checkpoint(self):
         import submitit
@@ -161,13 +168,33 @@ def _check(cfg: FinetuneConfig) -> None:
 
 
 def _run(cfg: FinetuneConfig) -> int:
+    from features.interrupt import Interrupted, grace_sec, stop_on_signals
+
+    # SIGTERM / SIGINT: the current optimiser step finishes, a checkpoint is written, exit 75 (resume=true continues)
+    grace = grace_sec() + (15.0 if cfg.launcher == "local" else 0.0)
+    with stop_on_signals("finetune-backbone", grace=grace, message="finishing the current step, then checkpointing"):
+        try:
+            return _train(cfg)
+        except Interrupted as err:
+            print(f"lta finetune-backbone: {err}", file=sys.stderr)
+            return err.exit_code
+
+
+def _train(cfg: FinetuneConfig) -> int:
+    from extract import launch
+    from features.interrupt import Interrupted, current
+
     _check(cfg)
     opts = train_options(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out) / "config.yaml").write_text(to_yaml(cfg))
     if cfg.launcher == "local":  # one submitit local subprocess, waited for (as the other commands' launcher=local)
-        submit_slurm(cfg, opts, cluster="local").result()
+        job = submit_slurm(cfg, opts, cluster="local")
+        launch._wait([job], "local", current())  # a stop signal here is forwarded to the job
+        out = job.result()
+        if isinstance(out, launch.JobInterrupted):
+            raise Interrupted(f"{out.message} (job {job.job_id}, log {job.paths.stderr})")
         return 0
     if cfg.launcher == "slurm":
         job = submit_slurm(cfg, opts)

@@ -365,6 +365,12 @@ def finetune(opts: TrainOptions, *, on_probed: Callable[[list[ProbeReport]], Non
                 _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, spec, state, dist, opts)
             if state.step >= stop_step:
                 break
+            # SIGTERM / SIGINT / submitit's USR2 mid-epoch: stop after this step with a checkpoint, which a
+            # resume continues exactly (the sampler restarts at the step); at an epoch's end the validation,
+            # export and checkpoint below run first
+            if state.step % plan.steps_per_epoch and _stop_agreed(dist):
+                _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, spec, state, dist, opts)
+                _stop(writer, state.step, stop_step, out)
         del batches, loader
         epoch_done = state.step % plan.steps_per_epoch == 0
         if epoch_done and val_ds is not None and ((epoch + 1) % opts.val_every == 0 or state.step == plan.total_steps):
@@ -380,12 +386,41 @@ def finetune(opts: TrainOptions, *, on_probed: Callable[[list[ProbeReport]], Non
                                                      "val": val_metrics, "num_verbs": taxonomy.num_verbs,
                                                      "num_nouns": taxonomy.num_nouns})
         _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, spec, state, dist, opts)
+        if state.step < stop_step and _stop_agreed(dist):
+            _stop(writer, state.step, stop_step, out)
     elapsed = time.perf_counter() - loop_start
     if writer is not None:
         writer.close()
     return {"step": state.step, "val": val_metrics, "samples_per_sec": loop_samples / elapsed if elapsed else 0.0,
             "data_wait_share": loop_data / elapsed if elapsed else 0.0, "dropped": sum(p.num_dropped for p in probes),
             "decode_failures": decode_failures, "spec": spec, "model": model}
+
+
+def _stop_agreed(dist: DistInfo) -> bool:
+    """Whether a stop signal arrived (features.interrupt) on this process or, under DDP, on any rank (one all-reduce)."""
+    from features.interrupt import stop_requested
+
+    flag = stop_requested()
+    if dist.world_size > 1:
+        import torch.distributed as torch_dist
+
+        t = torch.tensor([float(flag)], device=dist.device)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+        flag = bool(t.item())
+    return flag
+
+
+def _stop(writer, step: int, stop_step: int, out: Path) -> None:
+    """Raise `Interrupted` after the checkpoint of `step` is written."""
+    from features import interrupt
+
+    if writer is not None:
+        writer.close()
+    flag = interrupt.current()
+    name = flag.signal_name if flag is not None and flag.requested else "a stop signal on another rank"
+    raise interrupt.Interrupted(f"finetune-backbone interrupted by {name} after step {step} of {stop_step} "
+                                f"(checkpoint {out / CHECKPOINT}); everything written is valid, re-run the same "
+                                "command (resume=true) to continue", signal_name=name)
 
 
 def _probe(opts: TrainOptions, spec: BackboneSpec, train_ann, val_ann, failures_path: Path | None) -> list[ProbeReport]:
