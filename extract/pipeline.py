@@ -207,7 +207,8 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
     # would rewrite the same chunks and lose rows; it is refused here, before it writes anything
     with ShardLock(store_root, shard, num_shards, wait_sec=lock_wait_sec) if lock else contextlib.nullcontext():
         exts = [create_extractor(n, weights=weights.get(n, "default"), device=device, crop_size=crop_size,
-                                 num_input_clips=num_input_clips, slow_pathway=slow_pathway, linspace=linspace,
+                                 num_input_clips=tuple(np.atleast_1d(num_input_clips).tolist()),
+                                 slow_pathway=slow_pathway, linspace=linspace,
                                  precision=precision) for n in extractors]
         stores = open_stores(exts, rows, store_root=store_root, views=views, resize=read_manifest(data_dir) if resized else None,
                              precision="bf16-autocast" if precision == "bf16" else "fp32", dtype=dtype,

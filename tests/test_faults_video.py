@@ -14,12 +14,13 @@ Policy (what each fault must produce; the run always continues and every other r
 | timestamps jittering < half a frame     | re-timed as above                        | frame i = i-th frame (as constant rate)           |
 | rotation metadata (90 degrees)          | output upright (ffmpeg applies it), displayed size | frames rotated upright, equal to ffmpeg's     |
 | odd (37x23) and tiny (8x6) resolution   | short side 320 (here 64), even sides     | correct features (resize + crop in preprocessing) |
-| segment past the end of the clip        | -                                        | row failure "starts after the clip's last frame"  |
-| zero-length segment                     | -                                        | window [start, start + 2.133 s), frames clamped to the clip |
-| zero-length segment at the clip's end   | -                                        | row failure "starts after the clip's last frame"  |
+| segment past the end of the clip        | -                                        | row failure "starts after the clip's last frame" once its centred window does; a window that still reaches into the clip is decoded, as the reference |
+| zero-length segment                     | -                                        | window centred on it, frames outside the clip dropped |
 | clip shorter than one window            | -                                        | window clamped: the existing frames spread over it (repeats) |
 
-"Clamped" is the pytorchvideo behaviour the reference relies on (extract/decode.py docstring).
+Windows and frames are the reference test loader's: `CenterClipVideoSampler` (centred, no clamp) and
+pytorchvideo's PyAV `get_clip`, which drops the frames outside the clip (extract/decode.py docstring);
+the checks below compare with a transcription of the former and with pytorchvideo itself.
 Failures go to failures.jsonl with the clip (and action_idx for row failures); `rows lost` counts
 rows of the good clips that are missing or differ from a clean run (must be 0).
 """
@@ -35,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from extract import decode, resize
 from features.store import FeatureStore, open_root
 from pipelines import cmd_extract, cmd_resize
-from test_decode import frame_ids, write_video
+from test_decode import frame_ids, ptv_clip_ids, pytorchvideo_modules, reference_center_window, write_video
 
 EXT = "clip_vit_b32.openai"
 EXTRACT_ARGS = [f"extractors=[{EXT}]", "weights=random", "device=cpu", "crop_size=32", "batch_size=4", "views=1",
@@ -249,8 +251,8 @@ CLIP_FAULTS = {  # whole-clip failures
     "vfr": r"variable frame rate",
 }
 # rows of the "edge" clip (60 frames = 2 s): action_idx -> (start, end, policy)
-EDGE = {0: (0.2, 1.0, "ok"), 1: (2.5, 3.0, r"starts after the clip's last frame"),
-        2: (1.0, 1.0, "ok"), 3: (2.0, 2.0, r"starts after the clip's last frame")}
+EDGE = {0: (0.2, 1.0, "ok"), 1: (3.5, 4.0, r"starts after the clip's last frame"),
+        2: (1.0, 1.0, "ok"), 3: (2.5, 3.0, "ok")}  # 3: after the clip, but its centred window starts at 1.68 s
 CORRECT = {"rot90": (0.1, 0.5), "odd_37x23": (0.0, 0.8), "tiny_8x6": (0.0, 0.8), "short": (0.0, 0.5),
            "jitter": (0.0, 1.0)}
 EXTRACT_GROUPS = {
@@ -368,17 +370,18 @@ def test_extract_campaign(extract_runs, cached_extractor):
             continue
         r = _row(faulty, uid, k)
         seg_start, seg_end = faulty.rows.start_sec[r], faulty.rows.end_sec[r]
-        frames = decode.decode_window(data / "clips" / f"{uid}.mp4", seg_start, seg_end, num_frames=32, sampling_rate=2)
+        path = data / "clips" / f"{uid}.mp4"  # extraction's default N_in values are >= 2: the 64-frame step applies
+        frames = decode.decode_window(path, seg_start, seg_end, num_frames=32, sampling_rate=2, num_input_clips=2)
         want = ext(decode.uniform_subsample(frames, 8)[None]).numpy().astype(np.float16)
         assert np.array_equal(faulty.read(np.array([r]))[0, 0].view(np.uint16), want[0].view(np.uint16)), uid
-        t0 = seg_start + 0.5 * max(seg_end - seg_start - WINDOW_SEC, 0.0)
-        np.testing.assert_allclose(faulty.read_windows(np.array([r]))[0, 0], [t0, t0 + WINDOW_SEC])
-        if uid == "jitter":  # frame i is the i-th frame: a 2.133 s window from 0 s holds frames 0..59
-            assert np.array_equal(frame_ids(frames), np.linspace(0, 59, 32).astype(int))
-        if uid == "short":  # 20 frames spread over the 32-frame window: indices 0..19 with repeats
-            assert np.array_equal(frame_ids(frames), np.linspace(0, 19, 32).astype(int))
-        if (uid, k) == ("edge", 2):  # zero-length segment at 1.0 s: frames 30..59, clamped at the last frame
-            assert frame_ids(frames)[0] == 30 and frame_ids(frames)[-1] == 59
+        t0, t1 = reference_center_window(seg_start, seg_end, WINDOW_SEC)
+        assert tuple(faulty.read_windows(np.array([r]))[0, 0]) == (t0, t1), uid
+        if uid in ("jitter", "short") or uid == "edge":  # frame i is the i-th frame; pytorchvideo decodes the same
+            got = decode.decode_window(path, seg_start, seg_end, num_frames=32, sampling_rate=2, num_input_clips=2,
+                                       linspace="torch")
+            _, ptv_f = pytorchvideo_modules()
+            ids = ptv_f.uniform_temporal_subsample(torch.from_numpy(ptv_clip_ids(path, t0, t1)), 64, temporal_dim=0)
+            assert np.array_equal(frame_ids(got), ptv_f.uniform_temporal_subsample(ids, 32, temporal_dim=0).numpy()), uid
         if uid == "rot90":  # upright: the coded 48x40 frames turned 90 degrees counter-clockwise
             assert frames.shape[1:3] == (48, 40) and frames[0, :16, :10, 1].min() == 255
     # nothing silently lost: every unfilled row has a failure record, every filled row is accounted for
