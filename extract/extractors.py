@@ -20,8 +20,12 @@ short side, mean/std, feature dim); the extractor takes all of it from there, ch
 the name, and loads backbone.pt strictly.
 
 Preprocessing is batched tensor ops on the model's device:
-  video models: /255, Normalize(0.45, 0.225), ShortSideScale(short_side, bilinear), CenterCrop(crop)
-      (reference val/test transform, ego4d_lta.md §2.3; SlowFast packs slow = T/alpha frames).
+  video models: /255, Normalize(0.45, 0.225), ShortSideScale(short_side, bilinear), CenterCrop(crop), in
+      that order (reference val/test transform, ego4d_lta.md §2.3; within 1e-6 of the reference loader,
+      tests/test_e2e_extract.py). Frames follow the reference test-time LTA loader (extract/decode.py);
+      SlowFast's slow pathway is the loader's folded one, one stored variant per (N_in, slot)
+      (`configure_sampling`, `slow_pathway=per_slot`) or the recognition rule (`slot_independent`).
+  precision: fp32 (default, the reference) or bf16 autocast (`create_extractor(precision=...)`).
   CLIP: open_clip's eval `preprocess` as tensors: Resize(shortest side, bicubic, antialias) rounded to
       uint8 as PIL does, CenterCrop, /255, CLIP mean/std. Matches the PIL path to ~1 uint8 level.
 """
