@@ -409,6 +409,44 @@ class MViTExtractor(VideoExtractor):
         return self.model(x)
 
 
+class CheckpointMViTExtractor(MViTExtractor):
+    """The MViT a released Ego4D Lightning checkpoint describes in its own config (any width and depth), with its
+    weights: `mvit_ckpt.ego4d` + `weights=PATH/ego4d_mvit16x4.ckpt` (the MViT twin of `slowfast_ckpt.ego4d`)."""
+
+    @classmethod
+    def build(cls, name: str, *, weights: str, device: str, crop_size: int | None) -> "CheckpointMViTExtractor":
+        from extract import backbones
+        from features.checkpoint_io import cfg_get, load_lightning_checkpoint
+
+        if weights in ("default", "random"):
+            raise ValueError(f"{name}: builds the MViT of a released Ego4D checkpoint from its own config; pass "
+                             f"weights=PATH to it (e.g. ego4d_mvit16x4.ckpt), not weights={weights}")
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: weights file {path} not found")
+        ckpt = load_lightning_checkpoint(path)
+        arch = str(cfg_get(ckpt.cfg, "MODEL.ARCH", "")).lower()
+        if arch != "mvit":
+            raise ValueError(f"{name}: {path} is a MODEL.ARCH={arch!r} checkpoint, not an MViT one")
+        model, info = backbones.build_from_checkpoint(ckpt)
+        kw = info.builder_kwargs
+        crop = int(kw["spatial_size"])
+        if crop_size is not None and crop_size != crop:
+            raise ValueError(f"{name}: crop_size={crop_size}, but {path.name} was built for crop {crop} "
+                             "(its DATA.TRAIN_CROP_SIZE); leave the crop override unset")
+        frames, rate = int(cfg_get(ckpt.cfg, "DATA.NUM_FRAMES", 16)), int(cfg_get(ckpt.cfg, "DATA.SAMPLING_RATE", 4))
+        spec = ExtractorSpec(
+            name=name, arch="mvit", num_frames=frames, window_frames=frames, sampling_rate=rate,
+            short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
+            mean=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.MEAN", VIDEO_MEAN)),
+            std=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.STD", VIDEO_STD)), view_shape=(info.feature_dim,),
+            tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=sha256_file(path),
+            target_fps=float(cfg_get(ckpt.cfg, "DATA.TARGET_FPS", 30)),
+            arch_kwargs=tuple(sorted((k, json.dumps(v)) for k, v in kw.items())),
+        )
+        return cls(spec, model, device)
+
+
 def _load_video_weights(model: Any, name: str, pretrain: str, weights: str, *, url: str, arch: str) -> tuple[str, str]:
     """Load `weights` into a video backbone; returns (source, sha256)."""
     from extract import backbones
@@ -664,6 +702,11 @@ def slowfast_r101_8x8_ego4d(**kw: Any) -> Extractor:
 @register_extractor("slowfast_ckpt.ego4d")
 def slowfast_ckpt_ego4d(**kw: Any) -> Extractor:
     return CheckpointSlowFastExtractor.build("slowfast_ckpt.ego4d", **kw)
+
+
+@register_extractor("mvit_ckpt.ego4d")
+def mvit_ckpt_ego4d(**kw: Any) -> Extractor:
+    return CheckpointMViTExtractor.build("mvit_ckpt.ego4d", **kw)
 
 
 @register_extractor("mvit_b_16x4.kinetics")
