@@ -180,6 +180,9 @@ def _run(cfg: ReportConfig) -> int:
 
     if cfg.windows < 0 or cfg.thumb_width < 16:
         raise ValueError(f"need windows >= 0 and thumb_width >= 16, got {cfg.windows} and {cfg.thumb_width}")
+    from pipelines.cmd_evaluate import check_inputs
+
+    cfg.device = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)  # before loading
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     head = run.cfg["head"]
     try:

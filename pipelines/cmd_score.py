@@ -74,6 +74,11 @@ def score_file(cfg: ScoreConfig) -> dict:
 
 
 def _run(cfg: ScoreConfig) -> int:
+    from pipelines.checks import check_choice, check_data_root, check_file
+
+    check_data_root("data", cfg.data, [cfg.split] if cfg.split in ("train", "val", "test") else [])
+    check_choice("convention", cfg.convention, list(CONVENTIONS), "convention")
+    check_file("predictions", cfg.predictions, "predictions file")
     try:
         result = score_file(cfg)
     except (PredictionError, AnnotationError, ValueError) as err:

@@ -123,6 +123,8 @@ def _export(cfg: ExportConfig) -> int:
     if not cfg.src or not cfg.dst:
         print("lta store export: src= and dst= are required", file=sys.stderr)
         return 2
+    if not Path(cfg.src).exists():
+        raise UsageError(f"src={cfg.src}: no such store (a <key>.zarr folder or <key>.h5 file; `lta store ls` lists them)")
     with FeatureStore.open(cfg.src) as src:
         key, filled, total = src.key, int(src.filled().sum()), src.num_rows
     dst = Path(cfg.dst)
