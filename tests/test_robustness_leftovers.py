@@ -174,7 +174,9 @@ def test_imported_run_without_data_needs_data_and_says_so(lta_store, tmp_path, c
 
     root, key = lta_store
     run = tmp_path / "run"
-    assert cmd_import_checkpoint.main([f"ckpt={FIXTURES / 'lta_tiny_trf.ckpt'}", f"out={run}", f"store={root / 'store'}"]) == 0
+    # synthetic features, not the checkpoint's backbone: accepted only with allow_foreign_features=true
+    assert cmd_import_checkpoint.main([f"ckpt={FIXTURES / 'lta_tiny_trf.ckpt'}", f"out={run}", f"store={root / 'store'}",
+                                       "allow_foreign_features=true"]) == 0
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     assert recorded["data"] == "" and recorded["store"] == str(root / "store")
     assert json.loads((run / "cache_keys.json").read_text())["modalities"] == {"slowfast": key}
@@ -202,7 +204,10 @@ def test_imported_run_with_data_evaluates_and_predicts(lta_store, tmp_path, caps
     root, key = lta_store
     run = tmp_path / "run"
     argv = [f"ckpt={FIXTURES / 'lta_tiny_trf.ckpt'}", f"out={run}", f"store={root / 'store'}", f"data={root / 'data'}"]
-    assert cmd_import_checkpoint.main(argv) == 0
+    capsys.readouterr()
+    assert cmd_import_checkpoint.main(argv) == 2  # synthetic features are not the checkpoint's backbone's
+    assert "allow_foreign_features=true" in capsys.readouterr().err
+    assert cmd_import_checkpoint.main(argv + ["allow_foreign_features=true"]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(root / "data")
     assert cmd_evaluate.main([f"run={run}", "baselines=[frequency_prior]", "generators=[greedy+sample]"]) == 0
     metrics = json.loads((run / "metrics_val.json").read_text())
