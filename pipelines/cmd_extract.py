@@ -157,6 +157,16 @@ def _validate(cfg: ExtractConfig) -> None:
                              f"clip_<open_clip arch>.<tag>, or <arch>.<run name> with weights=RUN_DIR")
     check_device("device", cfg.device, allow_auto=False)
     check_choice("dtype", cfg.dtype, ["float16", "float32"], "dtype")
+    from extract.decode import LINSPACE_MODES
+    from extract.extractors import PRECISIONS, SLOW_PATHWAYS
+
+    check_choice("precision", cfg.precision, PRECISIONS, "precision")
+    check_choice("slow_pathway", cfg.slow_pathway, SLOW_PATHWAYS, "slow pathway mode")
+    check_choice("linspace", cfg.linspace, LINSPACE_MODES, "linspace mode")
+    ns = sorted(set(cfg.num_input_clips))
+    if not ns or ns[0] < 1 or (ns[0] == 1 and len(ns) > 1):
+        raise UsageError(f"num_input_clips={list(cfg.num_input_clips)}: give N_in values >= 2, or just [1] (N_in=1 "
+                         "has no 64-frame step, so its frames differ; extract it into a store of its own)")
     parse_shard(cfg.shard)
     parse_weights(cfg.weights, cfg.extractors)
     for split in cfg.splits:

@@ -134,3 +134,17 @@ def test_two_local_shards_equal_one_run(tmp_path):
     np.testing.assert_allclose(one.read(slice(None)), two.read(slice(None)), atol=1e-3)
     summaries = json.loads((tmp_path / "two" / "extract_summary.json").read_text())
     assert [s["rows_total"] for s in summaries] == [8, 12] and sum(s["rows_done"] for s in summaries) == 20
+
+
+@pytest.mark.parametrize("arg,msg", [("precision=fp16", "precision=fp16: unknown precision"),
+                                     ("slow_pathway=shared", "slow_pathway=shared: unknown slow pathway mode"),
+                                     ("linspace=numpy", "linspace=numpy: unknown linspace mode"),
+                                     ("num_input_clips=[1,4]", "num_input_clips=[1, 4]: give N_in values >= 2")])
+def test_sampling_and_precision_options_are_checked_before_anything_runs(tmp_path, capsys, arg, msg):
+    from pipelines import cli
+
+    data = make_dataset(tmp_path / "data", bad=False)
+    assert cli.main(["extract", f"data={data}", f"store={tmp_path / 'store'}", *BASE, arg]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").glob("*.zarr"))
