@@ -286,3 +286,6 @@ class BeamSearchGenerator:
         if self.beam_size < k:
             raise ValueError(f"beam_search: beam_size {self.beam_size} < K {k}")
         return _to_numpy(*source.beam(self.beam_size, k))
+
+
+from train_heads import pair_prior as _pair_prior  # noqa: E402,F401 - registers the pair_sample generator
