@@ -45,7 +45,16 @@ def test_demo_outputs_are_complete(demo_run):
     predictions = json.loads((best / "outputs.json").read_text())
     assert len(predictions) == summary["test"]["num_keys_scored"] > 0
     assert all(len(seqs["verb"]) == 5 and len(seqs["verb"][0]) == 20 for seqs in predictions.values())
-    assert 0.0 <= summary["test"]["action_ed"] <= 1.0
+    # the test ED is recomputed here from outputs.json and the labels the sample withholds (synthetic_sample.json)
+    withheld = {c["clip_uid"]: c for c in json.loads((out / "data" / "synthetic_sample.json").read_text())["clips"]}
+    eds = []
+    for key, seqs in predictions.items():
+        uid, idx = key.rsplit("_", 1)
+        clip, i = withheld[uid], int(idx)
+        truth = list(zip(clip["verb_label"][i + 1:i + 21], clip["noun_label"][i + 1:i + 21]))
+        assert len(truth) == 20, key
+        eds.append(min(_levenshtein(list(zip(v, n)), truth) for v, n in zip(seqs["verb"], seqs["noun"])) / 20)
+    assert summary["test"]["action_ed"] == pytest.approx(sum(eds) / len(eds), abs=1e-9)
     scores = json.loads((out / "test_scores.json").read_text())
     assert scores["num_keys_missing"] == 0 and scores["action_ed"] == summary["test"]["action_ed"]
     html = (out / "report.html").read_text()
@@ -80,3 +89,14 @@ def test_readme_results_table_has_the_rows_of_the_demo(demo_run):
     _, _, summary = demo_run
     readme = readme_results.parse(readme_results.block(readme_results.README.read_text()))
     assert list(readme_results.parse(readme_results.render(summary))) == list(readme)
+
+
+def _levenshtein(a, b):
+    """Edit distance (insert, delete, substitute; cost 1 each) between two sequences."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
