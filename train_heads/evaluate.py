@@ -86,6 +86,8 @@ def forecast_split(model: torch.nn.Module, data: DeviceWindows, bank: FeatureBan
             else:
                 out = model(batch.inputs)
                 source = LogitsSource(out["verb"].float().cpu(), out["noun"].float().cpu())
+                prior = getattr(model, "pair_prior", None)  # read by the pair_sample generator
+                source.pair_log_pmi = prior.log_pmi.cpu() if prior is not None else None
             for name, gen in generators.items():
                 seqs[name].append(gen.generate_from(source, k=k, rng=rngs[name]))
         if "obs_verb" in out:

@@ -122,7 +122,7 @@ class ForecastModel(nn.Module):
 
     def __init__(self, *, modalities: list[ModalityConfig], num_input: int, num_future: int, num_verbs: int,
                  num_nouns: int, aggregator: str, aggregator_kwargs: dict, decoder: str, decoder_kwargs: dict,
-                 recognition: bool = True):
+                 recognition: bool = True, pair_prior: bool = False):
         super().__init__()
         if not modalities:
             raise ValueError("ForecastModel needs at least one modality")
@@ -151,6 +151,12 @@ class ForecastModel(nn.Module):
         self.decoder = create_decoder(decoder, dim_in=self.aggregator.out_dim, token_dim=self.aggregator.token_dim,
                                       num_future=num_future, num_verbs=num_verbs, num_nouns=num_nouns, **decoder_kwargs)
         self.recognition = nn.Linear(fused_dim, num_verbs + num_nouns) if recognition else None
+        if pair_prior:  # only then a buffer: state dicts of other heads are unchanged
+            from train_heads.pair_prior import PairPrior
+
+            self.pair_prior = PairPrior(num_verbs, num_nouns)
+        else:
+            self.pair_prior = None
 
     def fuse(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """modality -> (B, N_in, [F,] D_m) -> fused observed tokens (B, N_in, sum P_m)."""
@@ -216,4 +222,4 @@ def build_model(model_cfg: ModelConfig | dict) -> ForecastModel:
     return ForecastModel(modalities=c.modalities, num_input=c.num_input, num_future=c.num_future,
                          num_verbs=c.num_verbs, num_nouns=c.num_nouns, aggregator=c.aggregator,
                          aggregator_kwargs=dict(c.aggregator_kwargs), decoder=c.decoder,
-                         decoder_kwargs=dict(c.decoder_kwargs), recognition=c.recognition)
+                         decoder_kwargs=dict(c.decoder_kwargs), recognition=c.recognition, pair_prior=c.pair_prior)

@@ -29,6 +29,7 @@ from train_heads.data import DeviceWindows, FeatureBank, SplitWindows, iterate_b
 from train_heads.evaluate import Abandoned, autocast, forecast_split, score_sequences
 from train_heads.generators import create_generator
 from train_heads.model import ModelConfig, build_model
+from train_heads.pair_prior import fit_pair_prior
 from train_heads.run import CONFIG_FILE, METRICS_FILE, checkpoint_path, load_checkpoint, read_metrics, save_run, update_metrics
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
         raise ValueError(f"need training and val windows, got {len(train_windows)} and {len(val_windows)}")
     model = build_model(model_cfg)
     fit_input_norms(model, bank, train_windows)  # overwritten by the checkpoint on resume
+    fit_pair_prior(model, train_windows)  # likewise (head.pair_prior)
     model = model.to(device)
     bank = bank.to(device)
     train_data, val_data = DeviceWindows(train_windows, device), DeviceWindows(val_windows, device)
