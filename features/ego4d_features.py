@@ -81,8 +81,11 @@ def segment_windows(start_sec: np.ndarray, end_sec: np.ndarray, num_windows: int
     ok = first <= last
     out = np.full((len(s_f), params.num_views), -1, dtype=np.int64)
     for v, pos in enumerate(view_positions(params.num_views)):
-        # where extraction would start view v's window (extract/decode.window_bounds_sec), snapped to the grid
-        t0_f = s_f + pos * np.maximum(e_f - s_f - window, 0.0)
+        # where extraction would start view v's window (extract/decode.window_bounds_sec), snapped to the grid:
+        # view 0 (position 0.5) is the reference test sampler, centred on the segment without clamp (a short
+        # segment's window runs past both ends); other positions follow the train sampler's clamped start
+        spare = e_f - s_f - window if pos == 0.5 else np.maximum(e_f - s_f - window, 0.0)
+        t0_f = s_f + pos * spare
         nearest = np.floor(t0_f / stride + 0.5).astype(np.int64)
         out[:, v] = np.where(ok, np.clip(nearest, first, np.maximum(last, first)), -1)
     return out

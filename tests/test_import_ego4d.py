@@ -22,10 +22,10 @@ NUM_WINDOWS = 40  # vidA covers frames [0, 39 * 16 + 32) = [0, 656)
 
 # (split, clip_uid, video_uid, clip_parent_start_sec, action_idx, parent frames [start, end), expected windows per view)
 SEGMENTS = [
-    ("train", "clipA1", "vidA", 4.0, 0, (120, 150), [8, 8, 8]),  # at the clip's first frame; shorter than a window
+    ("train", "clipA1", "vidA", 4.0, 0, (120, 150), [7, 8, 8]),  # at the clip's first frame; shorter than a window: centred 119 -> 7
     ("train", "clipA1", "vidA", 4.0, 1, (320, 480), [24, 20, 28]),  # long: centred, start-aligned, end-aligned
     ("train", "clipA1", "vidA", 4.0, 2, (400, 430), [25, 25, 25]),  # overlaps the previous segment
-    ("train", "clipA1", "vidA", 4.0, 3, (500, 500), [31, 31, 31]),  # zero-length: the window holding that instant
+    ("train", "clipA1", "vidA", 4.0, 3, (500, 500), [30, 31, 31]),  # zero-length: centred window starts at 484 -> 30 (holds 500)
     ("train", "clipA1", "vidA", 4.0, 4, (600, 700), [39, 38, 39]),  # runs past the last window: clamped
     ("train", "clipA1", "vidA", 4.0, 5, (700, 760), None),  # after the last window: failure, not zeros
     ("train", "clipA0", "vidA", 0.0, 0, (0, 40), [0, 0, 1]),  # at the very start of the video
