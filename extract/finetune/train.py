@@ -402,6 +402,7 @@ def _stop_agreed(dist: DistInfo) -> bool:
 
     flag = stop_requested()
     if dist.world_size > 1:
+        import torch
         import torch.distributed as torch_dist
 
         t = torch.tensor([float(flag)], device=dist.device)
