@@ -24,7 +24,7 @@ BASELINE_LABELS = {
     "markov_oracle": "Markov chain started from the true observed labels (oracle, upper bound)",
     "knn_retrieval": "kNN retrieval of training futures on pooled features (no training)",
 }
-PENDING_ANCHOR = "- **Trained heads vs the prior.**"  # where a README without the block gets it (first time)
+FIRST_ANCHOR = "- **Trained heads vs the prior.**"  # where a README without the block gets it (first time)
 SETTINGS_KEYS = ("clips", "seed", "epochs", "crop_size", "configs", "generators")
 
 
@@ -40,23 +40,6 @@ def settings_text(settings: dict) -> str:
 
 def _num(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}"
-
-
-def pending_summary() -> dict:
-    """A summary with the rows `lta demo` produces with its defaults and no numbers yet ("–" in the README)."""
-    from pipelines import cmd_demo
-    from pipelines.config import parse_config
-
-    cfg = parse_config(cmd_demo.DemoConfig, [])
-    runs = {cmd_demo.config_path(c).stem: c for c in cfg.configs}
-    none = {"verb": None, "noun": None, "action": None}
-    table = [{"kind": "trained head", "run": r, "generator": g, **none} for r in runs for g in cfg.generators]
-    table += [{"kind": "no-training baseline", "run": next(iter(runs)), "generator": b, **none} for b in cmd_demo.BASELINES]
-    return {"table": table, "best": {"kind": "trained head", "run": "(best run)", "generator": "(its generator)"},
-            "val_windows": "–", "run_configs": runs,
-            "test": {"verb_ed": None, "noun_ed": None, "action_ed": None, "num_keys_scored": "–"},
-            "settings": {"clips": cfg.clips, "seed": cfg.seed, "epochs": cfg.epochs, "crop_size": cfg.crop_size,
-                         "configs": list(cfg.configs), "generators": list(cfg.generators)}}
 
 
 def render(summary: dict) -> str:
@@ -120,16 +103,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("summary", nargs="?", help="demo_summary.json written by `lta demo`")
-    ap.add_argument("--pending", action="store_true", help="write the block with the demo's rows and no numbers")
     ap.add_argument("--readme", default=str(README))
     ap.add_argument("--check", action="store_true", help="exit 1 when the README block differs, write nothing")
     args = ap.parse_args(argv)
-    if not args.summary and not args.pending:
-        ap.error("give demo_summary.json (or --pending)")
-    summary: dict[str, Any] = pending_summary() if args.pending else json.loads(Path(args.summary).read_text())
+    if not args.summary:
+        ap.error("give demo_summary.json")
+    summary: dict[str, Any] = json.loads(Path(args.summary).read_text())
     readme = Path(args.readme)
     text = readme.read_text()
-    new = update(text, summary) if START in text else text.replace(PENDING_ANCHOR, render(summary) + "\n\n" + PENDING_ANCHOR)
+    new = update(text, summary) if START in text else text.replace(FIRST_ANCHOR, render(summary) + "\n\n" + FIRST_ANCHOR)
     if args.check:
         same = new == text
         print(f"{readme}: demo results {'up to date' if same else 'differ from ' + args.summary}")
