@@ -52,6 +52,52 @@ def edit_distance_table(pred: np.ndarray, label: np.ndarray, *, transpositions: 
     return diag
 
 
+def levenshtein_pairs(pred: np.ndarray, label: np.ndarray, *, chunk: int = 16384) -> np.ndarray:
+    """Levenshtein distance between `pred` (M, Z) and `label` (M, Z) integer sequences: (M,) int, Z <= 64.
+
+    Bit-parallel (Myers 1999, Hyyro's global form): the DP column of each pair lives in the bits of one
+    uint64, so a pair costs Z word operations instead of the Z x Z table; `chunk` pairs at a time. Only the
+    full-length distance (what MBR's pairwise risks need); `edit_distance_table` gives every prefix.
+    """
+    pred, label = np.asarray(pred), np.asarray(label)
+    if pred.shape != label.shape or pred.ndim != 2:
+        raise ValueError(f"expected two (M, Z) arrays of the same shape, got {pred.shape} and {label.shape}")
+    m, z = pred.shape
+    if z > 64:
+        raise ValueError(f"edit_distance: sequences of length {z} > 64; use edit_distance_table")
+    out = np.empty(m, dtype=np.int64)
+    if z == 0 or m == 0:
+        out[:] = 0
+        return out
+    word = np.uint32 if z <= 31 else np.uint64  # a spare top bit for the carry of the addition below
+    mask = word((1 << z) - 1) if z < 64 else word(2**64 - 1)
+    top, one = word(1 << (z - 1)), word(1)
+    for lo in range(0, m, chunk):
+        a, b = pred[lo:lo + chunk], label[lo:lo + chunk]
+        n = len(a)
+        peq = np.zeros((n, z), dtype=word)  # peq[:, j]: bit i set where pred[:, i] == label[:, j]
+        for i in range(z):
+            peq |= (a[:, i, None] == b).astype(word) << word(i)
+        peq = np.ascontiguousarray(peq.T)  # (Z, n): one row per step below
+        vp = np.full(n, mask, dtype=word)
+        vn = np.zeros(n, dtype=word)
+        score = np.full(n, z, dtype=np.int64)
+        for j in range(z):
+            eq = peq[j]
+            xv = eq | vn
+            xh = ((((eq & vp) + vp) & mask) ^ vp) | eq
+            hp = vn | (~(xh | vp) & mask)
+            hn = vp & xh
+            score += (hp & top) != 0
+            score -= (hn & top) != 0
+            hp = ((hp << one) | one) & mask  # row 0 of the table is 0, 1, 2, ...: a horizontal +1 enters at the top
+            hn = (hn << one) & mask
+            vp = hn | (~(xv | hp) & mask)
+            vn = hp & xv
+        out[lo:lo + n] = score
+    return out
+
+
 def _check_candidates(pred: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred = np.asarray(pred)
     label = np.asarray(label)

@@ -123,10 +123,15 @@ class _CausalBlock(nn.Module):
         """h (B, L, dim). With `cache` (incremental decoding, L = 1) the new keys/values are appended to it."""
         x = self.norm1(h)
         k, v = self.self_attn.keys_values(x)
-        if cache is not None:
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+        if cache is not None:  # preallocated (B, H, size, d_h) buffers, filled step by step (no growing concatenation)
+            t = cache.get("len", 0)
+            if "k" not in cache:
+                b, heads, _, d = k.shape
+                cache["k"] = k.new_empty((b, heads, cache["size"], d))
+                cache["v"] = v.new_empty((b, heads, cache["size"], d))
+            cache["k"][:, :, t:t + 1], cache["v"][:, :, t:t + 1] = k, v
+            cache["len"] = t + 1
+            k, v = cache["k"][:, :, :t + 1], cache["v"][:, :, :t + 1]
         # teacher forcing: causal mask; one new step attends to every cached (earlier) step and itself
         h = h + self.drop(self.self_attn(x, k, v, causal=cache is None))
         h = h + self.drop(self.cross_attn(self.norm2(h), *memory_kv))
@@ -212,7 +217,7 @@ class AutoregressiveDecoder(nn.Module):
         """Decoding state of B sequences: the context's cross-attention keys/values, empty self-attention caches."""
         memory, ctx = self._memory(x, tokens)
         return {"t": 0, "ctx": ctx, "memory_kv": [block.cross_attn.keys_values(memory) for block in self.blocks],
-                "cache": [{} for _ in self.blocks]}
+                "cache": [{"size": self.num_future} for _ in self.blocks]}
 
     def step(self, state: dict[str, Any], verb: torch.Tensor | None = None,
              noun: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +240,7 @@ class AutoregressiveDecoder(nn.Module):
         pick = lambda a: a.index_select(0, index)  # noqa: E731
         return {"t": state["t"], "ctx": pick(state["ctx"]),
                 "memory_kv": [(pick(k), pick(v)) for k, v in state["memory_kv"]],
-                "cache": [{n: pick(a) for n, a in c.items()} for c in state["cache"]]}
+                "cache": [{n: pick(a) if torch.is_tensor(a) else a for n, a in c.items()} for c in state["cache"]]}
 
     def greedy(self, x: torch.Tensor, tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Greedy decoding; the logits of every step given the greedy prefix: {"verb": (B, Z, V), "noun": ...}."""

@@ -31,7 +31,7 @@ import math
 import numpy as np
 import torch
 
-from features.metric import edit_distance_table
+from features.metric import edit_distance_table, levenshtein_pairs
 from train_heads.registry import Registry
 
 GENERATORS = Registry("generator")
@@ -95,7 +95,11 @@ def _sample_ids(logits: torch.Tensor, temperature: float, rng: torch.Generator) 
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=rng)[:, 0].to(logits.device)
+    # inverse CDF: one uniform per row, the first class whose cumulative probability exceeds it
+    # (same distribution as torch.multinomial(probs, 1), several times faster on wide rows)
+    cdf = probs.cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), generator=rng) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_max(probs.shape[-1] - 1).to(logits.device)
 
 
 class AutoregressiveSource:
@@ -203,9 +207,16 @@ class GreedySampleGenerator:
 def pairwise_edit_distance(tokens: np.ndarray) -> np.ndarray:
     """(W, M, Z) token sequences -> (W, M, M) edit distances between every pair of one window's candidates."""
     w, m, z = tokens.shape
-    a = np.repeat(tokens, m, axis=1).reshape(w * m * m, z)  # candidate i
-    b = np.tile(tokens, (1, m, 1)).reshape(w * m * m, z)  # candidate j
-    return edit_distance_table(a, b)[:, -1].reshape(w, m, m).astype(np.float32)
+    iu, ju = np.triu_indices(m, k=1)  # the distance is symmetric and 0 on the diagonal: each pair once
+    dist = np.zeros((w, m, m), dtype=np.float32)
+    if z == 0 or len(iu) == 0 or w == 0:
+        return dist
+    a = tokens[:, iu].reshape(-1, z)  # (W * P, Z)
+    b = tokens[:, ju].reshape(-1, z)
+    pair = (levenshtein_pairs(a, b) if z <= 64 else edit_distance_table(a, b)[:, -1]).reshape(w, -1).astype(np.float32)
+    dist[:, iu, ju] = pair
+    dist[:, ju, iu] = pair
+    return dist
 
 
 class _MBRBase:
