@@ -359,8 +359,8 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
     log.info("training %s: %d train / %d val windows, %d steps/epoch, %d epochs, %.2fM parameters, device %s",
              run_dir.name, len(train_data), len(val_data), steps_per_epoch, cfg.epochs,
              sum(p.numel() for p in model.parameters()) / 1e6, device)
-    # one x-axis for every scalar: the global step; purge_step drops events a killed run logged past its checkpoint
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state["global_step"] if resuming else None)
+    # one x-axis for every scalar: the global step; purge_step drops events a killed run logged after its checkpoint
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state["global_step"] + 1 if resuming else None)
     if not resuming:
         write_hparams(writer, full_cfg, f"val/{select}")
 
