@@ -216,7 +216,12 @@ def test_train_heads_epochs_change_is_refused_on_resume(sample, tmp_path):
 
 def _run_on_pty(args: list[str]) -> tuple[int, str]:
     """Run `lta *args` with stderr on a pseudo-terminal (what a user at a shell sees)."""
+    import fcntl
+    import struct
+    import termios
+
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=slave)
     os.close(slave)

@@ -70,7 +70,7 @@ def forecast_split(model: torch.nn.Module, data: DeviceWindows, bank: FeatureBan
                              f"per-position logits (use sample, greedy+sample, mbr or mbr_set)")
     from tqdm import tqdm
 
-    bar = tqdm(total=-(-len(data) // batch_size), unit="batch", desc="forecast", leave=False,
+    bar = tqdm(total=-(-len(data) // batch_size), unit="batch", desc="forecast", leave=True,
                disable=None if progress is None else not progress)
     for batch in iterate_batches(data, bank, batch_size=batch_size, train=False):
         if stop is not None and stop():
