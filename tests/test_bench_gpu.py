@@ -40,7 +40,7 @@ def test_dry_run_measures_every_part(tmp_path):
     assert "beam_search" in " ".join(m for m in names("evaluation") if m.startswith("ar_transformer"))
     assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in report["rows"])
     table = (tmp_path / "gpu.md").read_text()
-    assert table.count("\n| ") == len(report["rows"]) + 1 and "DRY RUN" in table  # header + one line per row
+    assert table.count("\n| ") == len(report["rows"]) + len(report["skipped"]) + 1 and "DRY RUN" in table  # header + rows
     assert "| extraction | full pipeline |" in res.stdout
 
 
