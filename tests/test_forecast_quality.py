@@ -58,33 +58,39 @@ def slice_files():
     return files
 
 
-def test_smoke_tables_structure_and_markov_beats_prior(slice_files, tmp_path, capsys, one_torch_thread):
+def test_tables_markov_beats_prior_and_head_margin(slice_files, tmp_path, capsys, one_torch_thread):
+    """One run on the slice, both settings: table structure, Markov-oracle < frequency prior, and the margin of the
+    best config (pipelines/configs/ek100_best.yaml, pair_sample) over the best baseline that sees what the head sees.
+    """
     bench = load_bench()
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text("head:\n  modalities:\n    - {name: slowfast, proj_dim: 32, dropout: 0.1}\n  num_input: 2\n"
-                   "  aggregator: concat\n  decoder: multihead\n  decoder_kwargs: {dropout: 0.1}\n"
-                   "train:\n  epochs: 1\n  batch_size: 64\n  lr: 1.0e-3\n  warmup_steps: 10\n")
-    code = bench.main(["--train", str(slice_files["train"]), "--val", str(slice_files["val"]), "--configs", str(cfg),
-                       "--generators", "sample", "greedy+sample", "--work", str(tmp_path / "work")])
+    code = bench.main(["--train", str(slice_files["train"]), "--val", str(slice_files["val"]),
+                       "--configs", str(REPO / "pipelines/configs/ek100_best.yaml"),
+                       "--generators", "sample", "pair_sample@0.7", "--work", str(tmp_path / "work")])
     assert code == 0
     tables = parse_tables(capsys.readouterr().out)
     assert set(tables) == {"oracle", "realistic"}
+    head_prefix = "ek100_best (train "
     for setting, t in tables.items():
         assert t["header"], setting
         methods = [r[0] for r in t["rows"]]
         for b in BASELINES:
             assert methods.count(b) == 1, (setting, b, methods)
-        heads = [r for r in t["rows"] if r[0].startswith("tiny (train ")]
-        assert sorted(r[1] for r in heads) == ["greedy+sample", "sample"], t["rows"]
+        heads = [r for r in t["rows"] if r[0].startswith(head_prefix)]
+        assert sorted(r[1] for r in heads) == ["pair_sample@0.7", "sample"], t["rows"]
         actions = [r[4] for r in t["rows"]]
         assert actions == sorted(actions), "rows are sorted by action ED"
         for r in t["rows"]:
             assert all(0.0 <= x <= 1.0 for x in r[2:5]), r
         assert t["margin"] is not None, setting
         best_head = min(heads, key=lambda r: (r[4], r[2]))
+        fair = [r for r in t["rows"] if not r[0].startswith(head_prefix) and r[0] not in bench.ORACLES]
         for i, what in ((4, "action"), (2, "verb"), (3, "noun")):
-            best_base = min(r[i] for r in t["rows"] if not r[0].startswith("tiny (train "))
-            assert t["margin"][what] == pytest.approx(best_head[i] - best_base, abs=2e-4)
+            assert t["margin"][what] == pytest.approx(best_head[i] - min(r[i] for r in fair), abs=2e-4)
+        # the head: clearly better verbs, nouns not worse, actions within 0.01 even on this small slice
+        # (the full benchmark, README, shows the action margin; 3k training windows are too few for it)
+        assert t["margin"]["verb"] <= -0.02, (setting, t["margin"])
+        assert t["margin"]["noun"] <= 0.0, (setting, t["margin"])
+        assert t["margin"]["action"] < 0.01, (setting, t["margin"])
     # real action sequences have structure: with the true last action, a transition model forecasts better
     # than the class frequencies
     oracle = {r[0]: r for r in tables["oracle"]["rows"]}
