@@ -1,4 +1,5 @@
-"""Verb-noun pair prior for per-position-logits heads, and the `pair_sample` generator that decodes with it.
+"""Verb-noun pair prior for per-position-logits heads (decoded by the `pair_sample` generator in
+`train_heads.generators`).
 
 A multihead (or query) decoder scores verb and noun of a future step independently, so a draw pairs a likely
 verb with a likely noun that may never occur together ("open" + "knife"); action ED counts only exact pairs.
@@ -7,7 +8,7 @@ verb with a likely noun that may never occur together ("open" + "knife"); action
 (`train_heads.train.train`) and saved with the checkpoint as a buffer. It reads labels only, so it works
 the same for any features (SlowFast, MViT, CLIP, ...). Enable it with `head.pair_prior: true`.
 
-`pair_sample` (logits heads): per step, the joint score of the top `top_verbs` x `top_nouns` pairs is
+`pair_sample` (logits heads, `train_heads.generators.PairSampleGenerator`): per step, the joint score of the top `top_verbs` x `top_nouns` pairs is
 log p(v) + log p(n) + `pair_weight` * PMI(v, n). Candidate 0 is the per-position argmax without the prior
 (`plain` candidates in all: argmax, then draws at `temperature` without the prior), which keeps the verb
 and noun forecasts of the head; the other K - `plain` candidates are joint draws at `temperature` with the
@@ -19,8 +20,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-
-from train_heads.generators import GENERATORS, _to_numpy
 
 
 class PairPrior(nn.Module):
@@ -48,65 +47,3 @@ def fit_pair_prior(model: nn.Module, windows) -> None:
     prior = getattr(model, "pair_prior", None)
     if prior is not None:
         prior.fit(windows.future_verb, windows.future_noun)
-
-
-@GENERATORS.register("pair_sample")
-class PairSampleGenerator:
-    """Joint (verb, noun) draws with the pair prior; the first `plain` candidates without it (see module doc)."""
-
-    requires_autoregressive = False
-
-    def __init__(self, *, temperature: float = 0.7, pair_weight: float = 1.2, plain: int = 2, top_verbs: int = 8,
-                 top_nouns: int = 24):
-        if plain < 0 or top_verbs < 1 or top_nouns < 1:
-            raise ValueError(f"pair_sample: need plain >= 0, top_verbs >= 1, top_nouns >= 1, got {plain}, {top_verbs}, {top_nouns}")
-        self.temperature, self.pair_weight, self.plain = temperature, pair_weight, plain
-        self.top_verbs, self.top_nouns = top_verbs, top_nouns
-
-    def generate(self, verb_logits, noun_logits, *, k: int, rng: torch.Generator, log_pmi: torch.Tensor | None = None):
-        from train_heads.generators import LogitsSource
-
-        source = LogitsSource(verb_logits, noun_logits)
-        source.pair_log_pmi = log_pmi
-        return self.generate_from(source, k=k, rng=rng)
-
-    def _draw(self, sv, iv, sn, in_, pmi, weight: float, num: int, rng, argmax_first: bool):
-        w, z, tv = sv.shape
-        tn = sn.shape[-1]
-        score = sv[..., :, None] + sn[..., None, :]  # (W, Z, tv, tn)
-        if weight and pmi is not None:
-            score = score + weight * pmi[iv[..., :, None], in_[..., None, :]]
-        flat = score.reshape(w * z, tv * tn)
-        picks = []
-        if argmax_first:
-            picks.append(flat.argmax(-1, keepdim=True))
-        rest = num - len(picks)
-        if rest > 0:
-            if self.temperature <= 0:
-                picks.append(flat.argmax(-1, keepdim=True).expand(-1, rest))
-            else:
-                probs = torch.softmax(flat / self.temperature, -1)
-                picks.append(torch.multinomial(probs, rest, replacement=True, generator=rng))
-        idx = torch.cat(picks, -1).reshape(w, z, num).permute(0, 2, 1)  # (W, num, Z) into the tv x tn grid
-        verb = torch.gather(iv[:, None].expand(w, num, z, tv), -1, (idx // tn)[..., None])[..., 0]
-        noun = torch.gather(in_[:, None].expand(w, num, z, tn), -1, (idx % tn)[..., None])[..., 0]
-        return verb, noun
-
-    @torch.no_grad()
-    def generate_from(self, source, *, k: int, rng: torch.Generator):
-        if getattr(source, "autoregressive", False):
-            raise ValueError("generator 'pair_sample' reads per-position logits (multihead / query decoders); "
-                             "for an autoregressive decoder use sample, greedy+sample, mbr_set or beam_search")
-        lv = torch.log_softmax(source.verb_logits.float(), -1)
-        ln = torch.log_softmax(source.noun_logits.float(), -1)
-        sv, iv = lv.topk(min(self.top_verbs, lv.shape[-1]), -1)
-        sn, in_ = ln.topk(min(self.top_nouns, ln.shape[-1]), -1)
-        pmi = getattr(source, "pair_log_pmi", None)
-        pmi = pmi.to(lv.device).float() if pmi is not None else None
-        plain = min(self.plain, k)
-        parts = []
-        if plain:
-            parts.append(self._draw(sv, iv, sn, in_, None, 0.0, plain, rng, argmax_first=True))
-        if k - plain:
-            parts.append(self._draw(sv, iv, sn, in_, pmi, self.pair_weight, k - plain, rng, argmax_first=False))
-        return _to_numpy(torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1))
