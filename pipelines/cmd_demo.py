@@ -259,7 +259,7 @@ next, on real Ego4D data (README, "Real Ego4D workflow"):
   python -m ego4d.cli.cli --output_directory ~/ego4d --datasets annotations clips lta_models --benchmarks FHO
   ln -s ~/ego4d/v1/annotations data/long_term_anticipation/annotations; ln -s ~/ego4d/v1/clips data/long_term_anticipation/clips_hq
   make resize DATA=data/long_term_anticipation
-  make extract DATA=data/long_term_anticipation STORE=cache/features ARGS="weights=slowfast_r101_8x8.ego4d:PATH/ego4d_slowfast8x8.ckpt,clip_vit_b32.openai:default"
+  make extract DATA=data/long_term_anticipation STORE=cache/features ARGS="extractors=[slowfast_r101_8x8.ego4d,clip_vit_b32_dasryoo.openai] weights=slowfast_r101_8x8.ego4d:PATH/ego4d_slowfast8x8.ckpt,clip_vit_b32_dasryoo.openai:default"
   make train-heads CONFIG=pipelines/configs/video_clip.yaml RUN=runs/video_clip
   make evaluate RUN=runs/video_clip && make predict RUN=runs/video_clip""")
     return 0 if all(beats.values()) else 1
