@@ -19,7 +19,7 @@ SMALL = {"transformer": {"depth": 2, "heads": 4, "ff_dim": 32}}
 def test_registries_list_and_reject_unknown_names():
     assert list_aggregators() == ["concat", "mean", "transformer"]
     assert list_decoders() == ["autoregressive", "multihead", "query"]
-    assert set(list_generators()) == {"sample", "greedy+sample", "mbr", "mbr_set", "beam_search"}
+    assert set(list_generators()) == {"sample", "greedy+sample", "mbr", "mbr_set", "beam_search", "pair_sample"}
     assert list_baselines() == ["frequency_prior", "knn_retrieval", "markov"]
     with pytest.raises(ValueError, match=r"unknown aggregator 'lstm'; available: \['concat', 'mean', 'transformer'\]"):
         create_aggregator("lstm", dim=D, num_input=N_IN)

@@ -170,7 +170,7 @@ def lta_store(tmp_path_factory):
 
 
 def test_imported_run_without_data_needs_data_and_says_so(lta_store, tmp_path, capsys):
-    from pipelines import cmd_evaluate, cmd_import_checkpoint, cmd_predict
+    from pipelines import cli, cmd_evaluate, cmd_import_checkpoint
 
     root, key = lta_store
     run = tmp_path / "run"
@@ -180,15 +180,13 @@ def test_imported_run_without_data_needs_data_and_says_so(lta_store, tmp_path, c
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     assert recorded["data"] == "" and recorded["store"] == str(root / "store")
     assert json.loads((run / "cache_keys.json").read_text())["modalities"] == {"slowfast": key}
-    capsys.readouterr()
-    assert cmd_evaluate.main([f"run={run}", "baselines=[]", "generators=[greedy+sample]"]) == 2
+    capsys.readouterr()  # through the CLI's error boundary (pipelines.cli.main), as a user types it
+    assert cli.main(["evaluate", f"run={run}", "baselines=[]", "generators=[greedy+sample]"]) == 2
     want = f"run {run} records no dataset root ({run / 'config.yaml'}); pass data=DIR"
     assert capsys.readouterr().err.strip() == f"lta evaluate: {want}"
-    assert cmd_predict.main([f"run={run}", f"out={tmp_path / 'out.json'}"]) == 2
+    assert cli.main(["predict", f"run={run}", f"out={tmp_path / 'out.json'}"]) == 2
     assert capsys.readouterr().err.strip() == f"lta predict: {want}"
-    from pipelines import cmd_report
-
-    assert cmd_report.main([f"run={run}", f"out={tmp_path / 'r.html'}"]) == 2
+    assert cli.main(["report", f"run={run}", f"out={tmp_path / 'r.html'}"]) == 2
     assert capsys.readouterr().err.strip() == f"lta report: {want}"
     assert not (run / "metrics_val.json").exists() and not (tmp_path / "out.json").exists()
     assert not (tmp_path / "r.html").exists()
