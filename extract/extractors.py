@@ -338,6 +338,27 @@ class SlowFastExtractor(VideoExtractor):
         return self.model([x.index_select(2, slow_idx), x])  # fresh list every call
 
 
+def _build_from_own_checkpoint(name: str, weights: str, *, arch: str, label: str, example: str) -> tuple:
+    """(path, checkpoint, model, info) of the backbone a released Ego4D Lightning checkpoint describes in its own
+    config (`slowfast_ckpt.ego4d`, `mvit_ckpt.ego4d`): weights=PATH is required and must be a MODEL.ARCH=`arch` one."""
+    from extract import backbones
+    from features.checkpoint_io import cfg_get, load_lightning_checkpoint
+
+    what = label.split(" ", 1)[1]
+    if weights in ("default", "random"):
+        raise ValueError(f"{name}: builds the {what} of a released Ego4D checkpoint from its own config; pass "
+                         f"weights=PATH to it (e.g. {example}), not weights={weights}")
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: weights file {path} not found")
+    ckpt = load_lightning_checkpoint(path)
+    found = str(cfg_get(ckpt.cfg, "MODEL.ARCH", "")).lower()
+    if found != arch:
+        raise ValueError(f"{name}: {path} is a MODEL.ARCH={found!r} checkpoint, not {label} one")
+    model, info = backbones.build_from_checkpoint(ckpt)
+    return path, ckpt, model, info
+
+
 class CheckpointSlowFastExtractor(SlowFastExtractor):
     """The SlowFast trunk a released Ego4D Lightning checkpoint describes in its own config (any depth and width),
     with that checkpoint's weights: `slowfast_ckpt.ego4d` + `weights=PATH/lta_slowfast_trf.ckpt` (or a
@@ -349,20 +370,10 @@ class CheckpointSlowFastExtractor(SlowFastExtractor):
 
     @classmethod
     def build(cls, name: str, *, weights: str, device: str, crop_size: int | None) -> "CheckpointSlowFastExtractor":
-        from extract import backbones
-        from features.checkpoint_io import cfg_get, load_lightning_checkpoint
+        from features.checkpoint_io import cfg_get
 
-        if weights in ("default", "random"):
-            raise ValueError(f"{name}: builds the SlowFast of a released Ego4D checkpoint from its own config; pass "
-                             f"weights=PATH to it (e.g. lta_slowfast_trf.ckpt), not weights={weights}")
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: weights file {path} not found")
-        ckpt = load_lightning_checkpoint(path)
-        arch = str(cfg_get(ckpt.cfg, "MODEL.ARCH", "")).lower()
-        if arch != "slowfast":
-            raise ValueError(f"{name}: {path} is a MODEL.ARCH={arch!r} checkpoint, not a SlowFast one")
-        model, info = backbones.build_from_checkpoint(ckpt)
+        path, ckpt, model, info = _build_from_own_checkpoint(name, weights, arch="slowfast", label="a SlowFast",
+                                                             example="lta_slowfast_trf.ckpt")
         kw = info.builder_kwargs
         if crop_size is not None and crop_size != kw["crop_size"]:
             raise ValueError(f"{name}: crop_size={crop_size}, but {path.name} was built for crop {kw['crop_size']} "
@@ -415,20 +426,10 @@ class CheckpointMViTExtractor(MViTExtractor):
 
     @classmethod
     def build(cls, name: str, *, weights: str, device: str, crop_size: int | None) -> "CheckpointMViTExtractor":
-        from extract import backbones
-        from features.checkpoint_io import cfg_get, load_lightning_checkpoint
+        from features.checkpoint_io import cfg_get
 
-        if weights in ("default", "random"):
-            raise ValueError(f"{name}: builds the MViT of a released Ego4D checkpoint from its own config; pass "
-                             f"weights=PATH to it (e.g. ego4d_mvit16x4.ckpt), not weights={weights}")
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: weights file {path} not found")
-        ckpt = load_lightning_checkpoint(path)
-        arch = str(cfg_get(ckpt.cfg, "MODEL.ARCH", "")).lower()
-        if arch != "mvit":
-            raise ValueError(f"{name}: {path} is a MODEL.ARCH={arch!r} checkpoint, not an MViT one")
-        model, info = backbones.build_from_checkpoint(ckpt)
+        path, ckpt, model, info = _build_from_own_checkpoint(name, weights, arch="mvit", label="an MViT",
+                                                             example="ego4d_mvit16x4.ckpt")
         kw = info.builder_kwargs
         crop = int(kw["spatial_size"])
         if crop_size is not None and crop_size != crop:
