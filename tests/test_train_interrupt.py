@@ -17,7 +17,6 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -111,21 +110,20 @@ def assert_one_monotonic_step_axis(run: Path) -> None:
             assert steps == epoch_steps, tag  # the global step at the end of each epoch, not the epoch number
 
 
-def run_until_step(args: list[str], step: int, sig: int, extra_delay: float) -> tuple[int, str]:
-    """Start `lta train-heads`, send `sig` once its log shows global step `step` (+ `extra_delay` s)."""
+def run_until_line(args: list[str], marker: str, sig: int) -> tuple[int, str]:
+    """Start `lta train-heads`, send `sig` as soon as its log shows a line containing `marker`."""
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train-heads", *args], cwd=REPO, env=ENV,
                             stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     seen = []
     sent = False
     for line in proc.stderr:
         seen.append(line)
-        if not sent and f" step {step} |" in line:
-            time.sleep(extra_delay)
+        if not sent and marker in line:
             proc.send_signal(sig)
             sent = True
     rc = proc.wait(timeout=120)
     seen.append(proc.stdout.read())
-    assert sent, "the run ended before the chosen step:\n" + "".join(seen)
+    assert sent, "the run ended before the chosen log line:\n" + "".join(seen)
     return rc, "".join(seen)
 
 
@@ -137,10 +135,17 @@ def test_signal_at_a_random_step_then_resume_equals_uninterrupted(sample, tmp_pa
     ref = tmp_path / "ref"
     metrics = uninterrupted(sample, ref)
     total = metrics["history"][-1]["step"]
-    step = rng.randrange(1, total)  # a step of any epoch but the last one's last
-    delay = rng.choice([0.0, rng.uniform(0, 0.3)])  # at once, or somewhere in the next steps / the validation
+    per_epoch = metrics["history"][0]["step"]
+    # the signal goes out when the log shows a step line (it lands in that step or the next ones, or in the
+    # validation after an epoch's last step) or an epoch line (it lands in the next epoch's first steps). The
+    # trigger is a log line, not a delay: steps take milliseconds here, so a delay in seconds could land after
+    # the run has ended. The last steps are left out for the same reason (the signal must reach a running run).
+    events = [(f" step {s} |", s) for s in range(1, total - 2)]
+    events += [(f" epoch {e}/{EPOCHS} |", e * per_epoch) for e in range(1, EPOCHS)]
+    marker, step = rng.choice(events)
+    print(f"signal on the log line with {marker.strip()!r}")
     run = tmp_path / "run"
-    rc, log = run_until_step(argv(sample, run), step, sig, delay)
+    rc, log = run_until_line(argv(sample, run), marker, sig)
     assert rc == EXIT_INTERRUPTED, log
     assert "Traceback" not in log
     msg = error_lines(log)
