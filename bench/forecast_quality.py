@@ -18,6 +18,7 @@ among the baselines that see what the head sees (Markov-oracle reads the true ob
 its own line, `margin vs markov_oracle <setting>: ...`).
 
     .venv/bin/python bench/forecast_quality.py [--train A.csv B.csv] [--val C.csv] [--settings oracle realistic]
+    .venv/bin/python bench/forecast_quality.py --holdout 6   # the tuning split: held-out training videos as val
 """
 from __future__ import annotations
 
@@ -59,6 +60,33 @@ def import_dataset(train: list[str], val: list[str], classes_dir: Path, out: Pat
                       classes_dir / "EPIC_100_noun_classes.csv")
     ek.write_dataset(out, docs, overwrite=True)
     return ek.summary(docs)
+
+
+def holdout_split(train: list[str], every: int, out: Path) -> tuple[list[str], list[str]]:
+    """Split the videos of the `train` CSVs: every `every`-th video id (sorted) -> val, the rest -> train.
+
+    The tuning split: choices of configs and generator defaults are made on it, so the benchmark's val split
+    (`--val`) is only ever used to report."""
+    import csv
+
+    rows, header = [], None
+    for path in train:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            head = next(reader)
+            if header is not None and head != header:
+                raise SystemExit(f"{path}: columns differ from {train[0]}'s")
+            header = head
+            rows += list(reader)
+    vid = header.index("video_id")
+    held = set(sorted({r[vid] for r in rows})[::every])
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, keep in (("holdout_train.csv", False), ("holdout_val.csv", True)):
+        with open(out / name, "w", newline="") as f:
+            csv.writer(f).writerows([header, *(r for r in rows if (r[vid] in held) == keep)])
+        files.append([str(out / name)])
+    return files[0], files[1]
 
 
 def write_recogniser_store(data_dir: Path, root: Path, *, p_verb: float, p_noun: float, noise: float, seed: int) -> str:
@@ -187,9 +215,9 @@ def run_head(cfg_path: str, bank, data_dir: Path, run_dir: Path, ts_markov, *, e
     model = load_run(run_dir, checkpoint="last").model
     log.info("%s: trained in %.1f s (%d windows, %d epochs)", name, train_sec, min(len(train_win), tc.max_train_windows or len(train_win)), tc.epochs)
     gens = {}
-    for spec in generators:  # "name" or "name@temperature"
+    for spec in generators:  # "name" (its own default temperature) or "name@temperature"
         g, _, temp = spec.partition("@")
-        gen = create_generators([g], temperature=float(temp or 1.0), mbr_samples=mbr_samples)[g]
+        gen = create_generators([g], temperature=float(temp) if temp else None, mbr_samples=mbr_samples)[g]
         if model.autoregressive or not getattr(gen, "requires_autoregressive", False):
             gens[spec] = gen
     rows = []
@@ -240,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="head config YAMLs to train")
     ap.add_argument("--epochs", type=int, default=0, help="override every config's epochs (0 = the config's)")
     ap.add_argument("--max-train-windows", type=int, default=0, help="random subset of training windows (0 = all)")
-    ap.add_argument("--generators", nargs="+", default=["sample", "greedy+sample", "greedy+sample@0.5", "mbr", "mbr_set", "pair_sample@0.7"],
+    ap.add_argument("--generators", nargs="+", default=["sample", "greedy+sample", "greedy+sample@0.5", "mbr", "mbr_set", "pair_sample"],
                     help="generators to score per head: name or name@temperature")
+    ap.add_argument("--holdout", type=int, default=0, metavar="N",
+                    help="tuning split: every N-th video of the --train files (sorted ids) becomes val, --val is unused")
     ap.add_argument("--skip-baselines", action="store_true", help="heads only (exploration; no margin line)")
     ap.add_argument("--mbr-samples", type=int, default=64)
     ap.add_argument("--noise", type=float, default=0.1, help="std of the Gaussian noise on the one-hot features")
@@ -254,15 +284,18 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("train_heads.train", "train_heads.data", "train_heads.inputs"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    classes_dir = Path(args.classes_dir) if args.classes_dir else Path(args.val[0]).parent
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU; train {args.train}; val {args.val}")
+    classes_dir = Path(args.classes_dir) if args.classes_dir else Path((args.train if args.holdout else args.val)[0]).parent
+    val_what = f"every {args.holdout}th video of train (--holdout)" if args.holdout else args.val
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU; train {args.train}; val {val_what}")
     tmp = tempfile.TemporaryDirectory() if not args.work else None
     work = Path(args.work or tmp.name)
     from features.annotations import load_split
     from train_heads.inputs import load_bank
 
     data_dir = work / "data"
-    info = import_dataset(args.train, args.val, classes_dir, data_dir)
+    train_csv, val_csv = (holdout_split(args.train, args.holdout, work / "holdout") if args.holdout
+                          else (args.train, args.val))
+    info = import_dataset(train_csv, val_csv, classes_dir, data_dir)
     print(f"imported: train {info['train']}, val {info['val']}, {info['num_verbs']} verbs, {info['num_nouns']} nouns")
     train_ann = load_split(data_dir, "train")
     results = {}

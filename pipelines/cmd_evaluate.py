@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from pipelines.common import run_command
 from pipelines.config import opt
@@ -21,7 +21,7 @@ class EvaluateConfig:
     split: str = opt("val", "labelled split to score")
     checkpoint: str = opt("best", "checkpoint name in <run>/checkpoints")
     generators: list[str] = opt(["sample", "greedy+sample", "mbr", "mbr_set"], "generation strategies to score")
-    temperature: float = opt(1.0, "sampling temperature for every generator")
+    temperature: Optional[float] = opt(None, "sampling temperature of every generator; unset = each one's own (1.0 for sample, greedy+sample, mbr, mbr_set, beam_search: the reference's; 0.4 for pair_sample)")
     mbr_samples: int = opt(64, "draws per window for the mbr generators")
     baselines: list[str] = opt(["frequency_prior", "markov", "knn_retrieval"],
                                "no-training baselines to score (markov also gives markov_knn and markov_oracle)")

@@ -11,7 +11,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from pipelines.common import run_command
 from pipelines.config import opt
@@ -27,7 +27,7 @@ class PredictConfig:
     checkpoint: str = opt("best", "checkpoint name in <run>/checkpoints")
     generator: str = opt("", "generation strategy; empty = the one the run selected on val (lowest action ED in "
                              "<run>/metrics_val.json from `lta evaluate`, else the run's train.val_generator)")
-    temperature: float = opt(1.0, "sampling temperature")
+    temperature: Optional[float] = opt(None, "sampling temperature of every generator; unset = each one's own (1.0 for sample, greedy+sample, mbr, mbr_set, beam_search: the reference's; 0.4 for pair_sample)")
     mbr_samples: int = opt(64, "draws per window for the mbr generators")
     data: str = opt("", "dataset root (default: the run's)")
     store: str = opt("", "feature store root (default: the run's)")

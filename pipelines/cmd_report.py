@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from pipelines.cmd_evaluate import EvaluateConfig
 from pipelines.common import run_command
@@ -30,7 +30,7 @@ class ReportConfig:
     generators: list[str] = opt(list(EvaluateConfig().generators),
                                 "generators of the ED table (as lta evaluate's; the shown one is added)")
     baselines: list[str] = opt(list(EvaluateConfig().baselines), "baselines of the ED table (as lta evaluate's)")
-    temperature: float = opt(1.0, "sampling temperature of the shown sequences")
+    temperature: Optional[float] = opt(None, "sampling temperature of every generator; unset = each one's own (1.0 for sample, greedy+sample, mbr, mbr_set, beam_search: the reference's; 0.4 for pair_sample)")
     mbr_samples: int = opt(64, "draws per window for the mbr generators")
     thumb_width: int = opt(160, "thumbnail width in pixels")
     data: str = opt("", "dataset root (default: the run's)")
@@ -77,7 +77,8 @@ def _split_metrics(cfg: ReportConfig, run: Any, data: str) -> dict:
     from pipelines import cmd_evaluate
 
     argv = [f"run={cfg.run}", f"split={cfg.split}", f"checkpoint={cfg.checkpoint}", f"device={cfg.device}",
-            f"seed={cfg.seed}", f"temperature={cfg.temperature}", f"mbr_samples={cfg.mbr_samples}",
+            f"seed={cfg.seed}", *([f"temperature={cfg.temperature}"] if cfg.temperature is not None else []),
+            f"mbr_samples={cfg.mbr_samples}",
             f"generators=[{','.join(generators)}]", f"baselines=[{','.join(baselines)}]", f"out={own}",
             *([f"data={cfg.data}"] if cfg.data else []), *([f"store={cfg.store}"] if cfg.store else [])]
     log.info("report: evaluating checkpoint %r for the ED table (lta evaluate %s)", cfg.checkpoint, " ".join(argv))

@@ -65,7 +65,7 @@ def test_tables_markov_beats_prior_and_head_margin(slice_files, tmp_path, capsys
     bench = load_bench()
     code = bench.main(["--train", str(slice_files["train"]), "--val", str(slice_files["val"]),
                        "--configs", str(REPO / "pipelines/configs/ek100_best.yaml"),
-                       "--generators", "sample", "pair_sample@0.7", "--work", str(tmp_path / "work")])
+                       "--generators", "sample", "pair_sample", "--work", str(tmp_path / "work")])
     assert code == 0
     tables = parse_tables(capsys.readouterr().out)
     assert set(tables) == {"oracle", "realistic"}
@@ -76,7 +76,7 @@ def test_tables_markov_beats_prior_and_head_margin(slice_files, tmp_path, capsys
         for b in BASELINES:
             assert methods.count(b) == 1, (setting, b, methods)
         heads = [r for r in t["rows"] if r[0].startswith(head_prefix)]
-        assert sorted(r[1] for r in heads) == ["pair_sample@0.7", "sample"], t["rows"]
+        assert sorted(r[1] for r in heads) == ["pair_sample", "sample"], t["rows"]
         actions = [r[4] for r in t["rows"]]
         assert actions == sorted(actions), "rows are sorted by action ED"
         for r in t["rows"]:

@@ -27,7 +27,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def evaluation_fingerprint(*, checkpoint_file: str | Path, data: str | Path, split: str, cache_keys: Mapping[str, str],
-                           generators: Sequence[str], baselines: Sequence[str], seed: int, temperature: float,
+                           generators: Sequence[str], baselines: Sequence[str], seed: int, temperature: float | None,
                            mbr_samples: int, num_sequences: int) -> dict[str, Any]:
     """The inputs of one evaluation of a checkpoint on `split` (see the module docstring), with their `id`."""
     files = {"train": annotation_path(data, "train"), split: annotation_path(data, split),
@@ -40,7 +40,7 @@ def evaluation_fingerprint(*, checkpoint_file: str | Path, data: str | Path, spl
         "generators": list(generators),
         "baselines": list(baselines),
         "seed": int(seed),
-        "temperature": float(temperature),
+        "temperature": None if temperature is None else float(temperature),  # None: each generator's own
         "mbr_samples": int(mbr_samples),
         "num_sequences": int(num_sequences),
     }

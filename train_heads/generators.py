@@ -23,6 +23,8 @@ logits model with a clear error.
 - `mbr_set`: the same draws; chooses the set greedily to minimise the expected *minimum* edit
   distance over the set, which is what ED@Z (min over K) rewards.
 - `beam_search` (autoregressive only): the K most probable sequences of a beam of `beam_size`.
+- `pair_sample` (per-position logits only): candidates of coherent (verb, noun) pairs from the head's
+  logits and its training verb-noun prior (`train_heads.pair_prior`).
 """
 from __future__ import annotations
 
@@ -46,12 +48,14 @@ def list_generators() -> list[str]:
     return GENERATORS.names()
 
 
-def create_generators(names: list[str] | tuple[str, ...], *, temperature: float = 1.0, mbr_samples: int = 64) -> dict:
-    """name -> generator, as the commands configure them: every one samples at `temperature`; the
+def create_generators(names: list[str] | tuple[str, ...], *, temperature: float | None = None,
+                      mbr_samples: int = 64) -> dict:
+    """name -> generator, as the commands configure them: every one samples at `temperature` (None: each at its
+    own default, 1.0 for the reference's `sample` and the others, 0.4 for `pair_sample`); the
     minimum-Bayes-risk ones also draw `mbr_samples` candidates per window."""
     out = {}
     for name in names:
-        kwargs = {"temperature": temperature}
+        kwargs = {} if temperature is None else {"temperature": temperature}
         if issubclass(GENERATORS.get(name), _MBRBase):
             kwargs["num_samples"] = mbr_samples
         out[name] = GENERATORS.create(name, **kwargs)
@@ -301,16 +305,17 @@ class BeamSearchGenerator:
 
 @GENERATORS.register("pair_sample")
 class PairSampleGenerator:
-    """Joint (verb, noun) draws with the pair prior (`train_heads.pair_prior`, whose docstring gives the rule);
-    the first `plain` candidates without it."""
+    """Coherent (verb, noun) pairs from per-position logits and the pair prior (`train_heads.pair_prior`, whose
+    docstring gives the rule and the measurements that chose the defaults)."""
 
     requires_autoregressive = False
 
-    def __init__(self, *, temperature: float = 0.7, pair_weight: float = 1.2, plain: int = 2, top_verbs: int = 8,
-                 top_nouns: int = 24):
-        if plain < 0 or top_verbs < 1 or top_nouns < 1:
-            raise ValueError(f"pair_sample: need plain >= 0, top_verbs >= 1, top_nouns >= 1, got {plain}, {top_verbs}, {top_nouns}")
-        self.temperature, self.pair_weight, self.plain = temperature, pair_weight, plain
+    def __init__(self, *, temperature: float = 0.4, pair_weight: float = 1.2, verb_first: int = 2, top_verbs: int = 8,
+                 top_nouns: int = 12):
+        if verb_first < 0 or top_verbs < 1 or top_nouns < 1:
+            raise ValueError(f"pair_sample: need verb_first >= 0, top_verbs >= 1, top_nouns >= 1, got {verb_first}, "
+                             f"{top_verbs}, {top_nouns}")
+        self.temperature, self.pair_weight, self.verb_first = temperature, pair_weight, verb_first
         self.top_verbs, self.top_nouns = top_verbs, top_nouns
 
     def generate(self, verb_logits, noun_logits, *, k: int, rng: torch.Generator, log_pmi: torch.Tensor | None = None):
@@ -318,24 +323,34 @@ class PairSampleGenerator:
         source.pair_log_pmi = log_pmi
         return self.generate_from(source, k=k, rng=rng)
 
-    def _draw(self, sv, iv, sn, in_, pmi, weight: float, num: int, rng, argmax_first: bool):
+    def _sample(self, score: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """(W, Z, C) scores -> (W, Z) ids: one draw per position at `temperature` (argmax at <= 0)."""
+        w, z, c = score.shape
+        if self.temperature <= 0:
+            return score.argmax(-1)
+        probs = torch.softmax(score.reshape(w * z, c) / self.temperature, -1)
+        return torch.multinomial(probs, 1, generator=rng).reshape(w, z)
+
+    def _verb_first(self, lv, ln, pmi, verb_ids: torch.Tensor, rng, *, draw_noun: bool) -> torch.Tensor:
+        """The nouns paired with `verb_ids` (W, Z): log p(n) + pair_weight * PMI(v, n), argmax or drawn."""
+        score = ln if pmi is None else ln + self.pair_weight * pmi[verb_ids]
+        return self._sample(score, rng) if draw_noun else score.argmax(-1)
+
+    def _joint(self, lv, ln, pmi, num: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
+        """`num` joint draws per position over the top_verbs x top_nouns pairs -> (W, num, Z) verbs, nouns."""
+        sv, iv = lv.topk(min(self.top_verbs, lv.shape[-1]), -1)
+        sn, in_ = ln.topk(min(self.top_nouns, ln.shape[-1]), -1)
         w, z, tv = sv.shape
         tn = sn.shape[-1]
         score = sv[..., :, None] + sn[..., None, :]  # (W, Z, tv, tn)
-        if weight and pmi is not None:
-            score = score + weight * pmi[iv[..., :, None], in_[..., None, :]]
+        if pmi is not None:
+            score = score + self.pair_weight * pmi[iv[..., :, None], in_[..., None, :]]
         flat = score.reshape(w * z, tv * tn)
-        picks = []
-        if argmax_first:
-            picks.append(flat.argmax(-1, keepdim=True))
-        rest = num - len(picks)
-        if rest > 0:
-            if self.temperature <= 0:
-                picks.append(flat.argmax(-1, keepdim=True).expand(-1, rest))
-            else:
-                probs = torch.softmax(flat / self.temperature, -1)
-                picks.append(torch.multinomial(probs, rest, replacement=True, generator=rng))
-        idx = torch.cat(picks, -1).reshape(w, z, num).permute(0, 2, 1)  # (W, num, Z) into the tv x tn grid
+        if self.temperature <= 0:
+            idx = flat.argmax(-1, keepdim=True).expand(-1, num)
+        else:
+            idx = torch.multinomial(torch.softmax(flat / self.temperature, -1), num, replacement=True, generator=rng)
+        idx = idx.reshape(w, z, num).permute(0, 2, 1)  # (W, num, Z) into the tv x tn grid
         verb = torch.gather(iv[:, None].expand(w, num, z, tv), -1, (idx // tn)[..., None])[..., 0]
         noun = torch.gather(in_[:, None].expand(w, num, z, tn), -1, (idx % tn)[..., None])[..., 0]
         return verb, noun
@@ -347,14 +362,15 @@ class PairSampleGenerator:
                              "for an autoregressive decoder use sample, greedy+sample, mbr_set or beam_search")
         lv = torch.log_softmax(source.verb_logits.float(), -1)
         ln = torch.log_softmax(source.noun_logits.float(), -1)
-        sv, iv = lv.topk(min(self.top_verbs, lv.shape[-1]), -1)
-        sn, in_ = ln.topk(min(self.top_nouns, ln.shape[-1]), -1)
         pmi = getattr(source, "pair_log_pmi", None)
         pmi = pmi.to(lv.device).float() if pmi is not None else None
-        plain = min(self.plain, k)
-        parts = []
-        if plain:
-            parts.append(self._draw(sv, iv, sn, in_, None, 0.0, plain, rng, argmax_first=True))
-        if k - plain:
-            parts.append(self._draw(sv, iv, sn, in_, pmi, self.pair_weight, k - plain, rng, argmax_first=False))
-        return _to_numpy(torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1))
+        verbs, nouns = [lv.argmax(-1)], []  # candidate 0: the head's argmax verbs, each with its best noun
+        nouns.append(self._verb_first(lv, ln, pmi, verbs[0], rng, draw_noun=False))
+        for _ in range(min(self.verb_first, k - 1)):  # verb drawn from the head, noun drawn given the verb
+            verbs.append(self._sample(lv, rng))
+            nouns.append(self._verb_first(lv, ln, pmi, verbs[-1], rng, draw_noun=True))
+        verb, noun = torch.stack(verbs[:k], 1), torch.stack(nouns[:k], 1)
+        if k > verb.shape[1]:  # the rest: joint draws of coherent pairs
+            jv, jn = self._joint(lv, ln, pmi, k - verb.shape[1], rng)
+            verb, noun = torch.cat([verb, jv], 1), torch.cat([noun, jn], 1)
+        return _to_numpy(verb, noun)
