@@ -11,6 +11,7 @@ import json
 import pytest
 
 from pipelines import cmd_demo
+from ed_helpers import levenshtein
 
 pytestmark = [pytest.mark.demo, pytest.mark.slow]
 
@@ -53,7 +54,7 @@ def test_demo_outputs_are_complete(demo_run):
         clip, i = withheld[uid], int(idx)
         truth = list(zip(clip["verb_label"][i + 1:i + 21], clip["noun_label"][i + 1:i + 21]))
         assert len(truth) == 20, key
-        eds.append(min(_levenshtein(list(zip(v, n)), truth) for v, n in zip(seqs["verb"], seqs["noun"])) / 20)
+        eds.append(min(levenshtein(list(zip(v, n)), truth) for v, n in zip(seqs["verb"], seqs["noun"])) / 20)
     assert summary["test"]["action_ed"] == pytest.approx(sum(eds) / len(eds), abs=1e-9)
     scores = json.loads((out / "test_scores.json").read_text())
     assert scores["num_keys_missing"] == 0 and scores["action_ed"] == summary["test"]["action_ed"]
@@ -90,13 +91,3 @@ def test_readme_results_table_has_the_rows_of_the_demo(demo_run):
     readme = readme_results.parse(readme_results.block(readme_results.README.read_text()))
     assert list(readme_results.parse(readme_results.render(summary))) == list(readme)
 
-
-def _levenshtein(a, b):
-    """Edit distance (insert, delete, substitute; cost 1 each) between two sequences."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]

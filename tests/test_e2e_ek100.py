@@ -21,6 +21,7 @@ import pytest
 from features.annotations import load_split
 from features.store import FeatureStore, RowTable, cache_key, store_path
 from pipelines import cli
+from ed_helpers import levenshtein
 
 REPO = Path(__file__).resolve().parents[1]
 SLICE = Path(os.environ.get("LTA_EK100_FIXTURES", REPO / "tests" / "fixtures" / "ek100_slice"))
@@ -40,15 +41,6 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
         w.writeheader()
         w.writerows(rows)
 
-
-def levenshtein(a: list, b: list) -> int:
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from extract.shard_lock import ShardLock, ShardLockedError, lock_path
 from features.annotations import AnnotationError
 from features.store import open_root
 from pipelines import cmd_extract
+from ed_helpers import levenshtein
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("LTA_REFERENCE_FIXTURES") or REPO / "tests/fixtures/ego4d_reference")
@@ -222,7 +223,7 @@ def test_imported_run_with_data_evaluates_and_predicts(lta_store, tmp_path, caps
     assert cmd_predict.main([f"run={run}", f"out={val_out}", "split=val", "generator=greedy+sample"]) == 0
     val_pred = json.loads(val_out.read_text())
     assert set(val_pred) == set(val)
-    ed = np.mean([min(_levenshtein(list(zip(v, n)), val[key]) for v, n in zip(p["verb"], p["noun"])) / len(val[key])
+    ed = np.mean([min(levenshtein(list(zip(v, n)), val[key]) for v, n in zip(p["verb"], p["noun"])) / len(val[key])
                   for key, p in val_pred.items()])
     assert metrics["model.greedy+sample.action_ed"] == pytest.approx(ed, abs=1e-9)
     out = tmp_path / "outputs.json"
@@ -259,13 +260,3 @@ def _windows_from_annotations(data, split, *, num_seen, convention, num_future):
             out[f"{uid}_{recs[p]['action_idx']}"] = [(r.get("verb_label"), r.get("noun_label")) for r in future]
     return out
 
-
-def _levenshtein(a, b):
-    """Edit distance (insert, delete, substitute; cost 1 each) between two sequences."""
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]
