@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from features.annotations import ANNOTATION_DIR, SPLIT_FILES, TAXONOMY_FILE
+from features.errors import UsageError
 
 FPS = 30
 SAMPLE_INFO_FILE = "synthetic_sample.json"  # generator settings, tasks, appearance, test labels
@@ -234,14 +235,15 @@ def plan_sample(
     between neighbours; `action_idx` follows start time and is contiguous from 0.
     """
     if clips < 1:
-        raise ValueError(f"clips must be >= 1, got {clips}")
+        raise UsageError(f"clips must be >= 1, got {clips}")
     lo, hi = (segments_per_clip, segments_per_clip) if isinstance(segments_per_clip, int) else segments_per_clip
     if not 1 <= lo <= hi:
-        raise ValueError(f"segments_per_clip must be a positive count or (min, max), got {segments_per_clip}")
+        raise UsageError(f"segments_per_clip (lta sample: min_segments, max_segments) must be a positive count or (min, max) "
+                         f"with min <= max, got {segments_per_clip}")
     if not 0 < segment_sec[0] <= segment_sec[1]:
-        raise ValueError(f"segment_sec must be (min, max) with 0 < min <= max, got {segment_sec}")
+        raise UsageError(f"segment_sec must be (min, max) with 0 < min <= max, got {segment_sec}")
     if width % 2 or height % 2 or min(width, height) < 32:
-        raise ValueError(f"width and height must be even and >= 32, got {width}x{height}")
+        raise UsageError(f"width and height must be even and >= 32, got {width}x{height}")
     verb_names, noun_names = taxonomy_names(verbs, nouns)
     root = np.random.SeedSequence(seed)
     task_seed, id_seed, *clip_seeds = root.spawn(2 + clips)

@@ -97,16 +97,26 @@ def _run(cfg: PredictConfig) -> int:
 
 def selected_generator(run_dir: str, checkpoint: str) -> tuple[str, str]:
     """(generator, why) the run selected on val: the lowest val action ED that `lta evaluate split=val` recorded
-    for this checkpoint in `<run>/metrics_val.json`, else the generator training validated with."""
-    from train_heads.run import read_run_config
+    for this checkpoint in `<run>/metrics_val.json`, else the generator training validated with.
+
+    "This checkpoint" is its bytes: the sha256 in the evaluation's fingerprint must be the checkpoint file's, so a
+    selection made before the run was retrained or resumed is not used."""
+    from train_heads.fingerprint import file_sha256
+    from train_heads.run import checkpoint_path, read_run_config
 
     path = Path(run_dir) / "metrics_val.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     name = metrics.get("selected_generator")
+    ckpt = checkpoint_path(run_dir, checkpoint)
+    recorded = (metrics.get("fingerprint") or {}).get("checkpoint_sha256")
+    stale = ""
     if name and metrics.get("checkpoint", checkpoint) == checkpoint:
-        return name, f"lowest val action ED {metrics.get(f'model.{name}.action_ed', float('nan')):.4f} in {path}"
+        # an evaluation without a fingerprint (written before they existed) is matched by checkpoint name only
+        if recorded is None or (ckpt.is_file() and recorded == file_sha256(ckpt)):
+            return name, f"lowest val action ED {metrics.get(f'model.{name}.action_ed', float('nan')):.4f} in {path}"
+        stale = f"{path} scored another {ckpt.name} (its sha256 differs: retrained or resumed since); "
     name = read_run_config(run_dir).get("train", {}).get("val_generator", "sample")
-    return name, (f"the run's train.val_generator; `lta evaluate run={run_dir} split=val` selects the best "
+    return name, (f"{stale}the run's train.val_generator; `lta evaluate run={run_dir} split=val` selects the best "
                   f"of several generators for predict")
 
 

@@ -26,7 +26,7 @@ class ReportConfig:
     keys: list[str] = opt([], "window keys (<clip_uid>_<action_idx>) to show instead of drawn ones")
     seed: int = opt(0, "seed of the window draw and of the sampled sequences (same as lta predict)")
     checkpoint: str = opt("best", "checkpoint name in <run>/checkpoints")
-    generator: str = opt("sample", "generation strategy of the shown sequences")
+    generator: str = opt("", "generation strategy of the shown sequences; empty = the one the run selected on val (as lta predict)")
     generators: list[str] = opt(list(EvaluateConfig().generators),
                                 "generators of the ED table (as lta evaluate's; the shown one is added)")
     baselines: list[str] = opt(list(EvaluateConfig().baselines), "baselines of the ED table (as lta evaluate's)")
@@ -35,7 +35,7 @@ class ReportConfig:
     thumb_width: int = opt(160, "thumbnail width in pixels")
     data: str = opt("", "dataset root (default: the run's)")
     store: str = opt("", "feature store root (default: the run's)")
-    device: str = opt("cpu", "device for the model")
+    device: str = opt("auto", "device for the model: auto (cuda if available), cpu, cuda, cuda:N")
 
 
 def _table_settings(cfg: ReportConfig) -> tuple[list[str], list[str]]:
@@ -184,6 +184,11 @@ def _run(cfg: ReportConfig) -> int:
     from pipelines.cmd_evaluate import check_inputs
 
     cfg.device = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)  # before loading
+    if not cfg.generator:  # the sequences `lta predict` writes by default
+        from pipelines.cmd_predict import selected_generator
+
+        cfg.generator, why = selected_generator(cfg.run, cfg.checkpoint)
+        log.info("generator %s (%s)", cfg.generator, why)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     head = run.cfg["head"]
     try:

@@ -148,6 +148,27 @@ def test_predict_uses_the_generator_selected_on_val_and_matches_evaluate(tiny, t
             assert json.loads(one.read_text()) == json.loads(out.read_text())
 
 
+def test_predict_ignores_a_selection_made_on_another_checkpoint(tiny, tmp_path, capsys):
+    """The val selection belongs to the checkpoint's bytes: after the checkpoint changes (a retrain or resume
+    wrote it again), predict says so and falls back to the run's train.val_generator."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    assert cmd_evaluate.main([f"run={run}", "split=val", "generators=[greedy+sample]", "baselines=[frequency_prior]",
+                              "device=cpu"]) == 0
+    assert json.loads((run / "metrics_val.json").read_text())["selected_generator"] == "greedy+sample"
+    ckpt = run / "checkpoints" / "best.pt"
+    state = torch.load(ckpt, weights_only=True)
+    first = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][first] = state["model"][first] + 0.01
+    torch.save(state, ckpt)
+    capsys.readouterr()
+    assert cmd_predict.main([f"run={run}", "split=val", f"out={tmp_path / 'o.json'}", "device=cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "scored another best.pt" in printed and "generator sample (" in printed, printed
+
+
 def test_predict_without_an_evaluation_says_which_generator(tiny, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny["run"], run)
@@ -216,3 +237,13 @@ def test_list_index_and_single_value_overrides():
     with pytest.raises(ConfigError, match=r"did you mean 'head\.modalities\.0\.proj_dim'"):
         parse_config(TrainHeadsConfig, ["head.modalities.0.projdim=3"])
     assert "head.modalities.0.frame_pool" in help_text(TrainHeadsConfig, "train-heads")
+
+
+def test_sample_with_bad_sizes_is_a_usage_error(tmp_path):
+    """`lta sample clips=0` (and other impossible sample sizes) is a wrong command line: exit 2, one line."""
+    for bad in ("clips=0", "width=33", "min_segments=5 max_segments=2"):
+        res = lta("sample", f"out={tmp_path / 's'}", *bad.split())
+        errors = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 2 and len(errors) == 1 and "Traceback" not in res.stderr, (bad, res.stderr)
+        assert errors[0].startswith("lta sample: ") and bad.split("=")[0].split("_")[-1] in errors[0], (bad, errors)
+        assert not (tmp_path / "s").exists()

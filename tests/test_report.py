@@ -373,3 +373,17 @@ def test_footer_names_the_code_version(run, tmp_path):
     footer = _parse(out.read_text()).find(".//footer")
     (span,) = [s for s in footer.iter("span") if s.get("id") == "code-version"]
     assert span.text in {f"{name} {metadata.version(name)}, {v}" for v in (before, after)}
+
+
+def test_shown_generator_defaults_to_the_runs_val_selection(run_copy, tmp_path):
+    """Without generator=, the report shows the sequences `lta predict` writes by default: the generator
+    `lta evaluate split=val` selected for this checkpoint."""
+    assert cmd_evaluate.main([f"run={run_copy}", "split=val", "seed=1", "generators=[greedy+sample]",
+                              "baselines=[frequency_prior]", "device=cpu"]) == 0
+    out = tmp_path / "val.html"
+    assert cmd_report.main([f"run={run_copy}", "split=val", f"out={out}", "windows=1", "seed=1"]) == 0
+    assert "generator greedy+sample, seed 1" in out.read_text()
+    explicit = tmp_path / "sample.html"
+    assert cmd_report.main([f"run={run_copy}", "split=val", f"out={explicit}", "windows=1", "seed=1",
+                            "generator=sample"]) == 0
+    assert "generator sample, seed 1" in explicit.read_text()
