@@ -110,12 +110,22 @@ def validate_jobs(jobs: list[Job]) -> None:
     from pipelines.cmd_train_heads import TrainHeadsConfig, check_config
     from pipelines.config import parse_config
 
+    taken = []
     for job in jobs:
         try:
-            check_config(parse_config(TrainHeadsConfig, job.argv))
+            cfg = parse_config(TrainHeadsConfig, job.argv)
+            check_config(cfg)
         except UsageError as err:
             raise UsageError(f"job {job.name} ({job.config}{', ' + str(job.grid) if job.grid else ''}): {err}; "
                              f"nothing was launched") from None
+        out = Path(cfg.out)
+        # the rule of train_heads.train.prepare_run_dir, checked here so no job is launched into a refusal
+        if not (cfg.resume or cfg.overwrite) and ((out / "checkpoints" / "last.pt").is_file() or (out / "metrics.json").is_file()):
+            taken.append(str(out))
+    if taken:
+        raise UsageError(f"{len(taken)} of {len(jobs)} run dirs already hold a trained run ({', '.join(taken[:3])}"
+                         f"{', ...' if len(taken) > 3 else ''}); pass overrides=[resume=true] to continue them, "
+                         f"overrides=[overwrite=true] to replace them, or another out=DIR; nothing was launched")
 
 
 def train_one(argv: list[str]) -> dict:

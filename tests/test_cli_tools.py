@@ -76,6 +76,23 @@ def test_sweep_validates_every_job_before_launching(store, tmp_path):
     assert res.returncode == 2 and "did you mean 'train.lr'" in res.stderr and not out.exists(), res.stderr[-2000:]
 
 
+def test_sweep_into_existing_runs_is_refused_before_launching(store, tmp_path):
+    out = tmp_path / "sweep"
+    base = [f"data={store / 'data'}", f"store={store / 'store'}", f"out={out}", f"configs=[{store / 'a' / 'head.yaml'}]"]
+    assert cmd_sweep.main([*base, "grid={train.lr: [0.002]}", f"overrides=[{','.join(FAST)}]"]) == 0
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    res = lta("sweep", *base, "grid={train.lr: [0.002, 0.0005]}", f"overrides=[{','.join(FAST)}]")
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and " INFO " not in ln]
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "1 of 2 run dirs already hold a trained run" in lines[0] and str(run) in lines[0], lines
+    assert "resume=true" in lines[0] and "overwrite=true" in lines[0] and "nothing was launched" in lines[0]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [run.name]  # the new job was not trained
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    res = lta("sweep", *base, "grid={train.lr: [0.002, 0.0005]}", f"overrides=[{','.join(FAST)},resume=true]")
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
 # --- item 10: one name per knob -------------------------------------------------------------------------
 
 def test_one_name_per_knob_old_names_accepted_with_a_deprecation(capsys):
