@@ -451,3 +451,45 @@ def test_sigterm_finetune_then_resume_equals_uninterrupted(tmp_path):
     print(f"stopped at step {stopped_at} of {total}; {len(diffs)} tensors differ after resume")
     record_fault("SIGTERM lta finetune-backbone (random step), resume", 1, int(ok and not diffs), 0)
     assert not diffs and got["state"]["step"] == total
+
+
+def test_sigterm_finetune_local_launcher_then_resume_equals_uninterrupted(tmp_path):
+    """SIGTERM to `lta finetune-backbone launcher=local` while its submitit job trains: the signal is forwarded,
+    the job checkpoints after its current step, the launcher exits 75 in one line and leaves no job process;
+    resume=true (without a launcher) ends with the weights of an uninterrupted run."""
+    import torch
+
+    from extract.render import write_sample
+    from features.synthetic import plan_sample
+
+    data = tmp_path / "data"
+    write_sample(plan_sample(clips=6, seed=1, segments_per_clip=(9, 10), width=96, height=64, verbs=4, nouns=6,
+                             train_fraction=0.5, val_fraction=0.5), data)
+    args = [f"data={data}", "backbone=slowfast_r50_8x8", "init=random", "resized=false", "width_per_group=8",
+            "crop_size=32", "num_frames=8", "batch_size=8", "epochs=2", "num_workers=0", "val_split=", "log_every=1",
+            "warmup_steps=2", "lr=0.05"]
+    log = tmp_path / "ref.err"
+    assert start("finetune-backbone", [*args, f"out={tmp_path / 'ref'}"], log).wait(timeout=600) == 0, log.read_text()[-2000:]
+    ref = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    total = ref["state"]["step"]
+    rng = fault_rng("SIGTERM lta finetune-backbone launcher=local")
+    k = int(rng.integers(1, total - 1))
+    run, log = tmp_path / "run", tmp_path / "run.err"
+    proc = start("finetune-backbone", [*args, f"out={run}", "launcher=local"], log)
+    job_log = lambda: "".join(p.read_text() for p in (run / "slurm").glob("*_log.err"))  # noqa: E731
+    assert wait_until(proc, lambda: f"step {k}/{total} " in job_log() and job_tasks(proc.pid))
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=120)
+    lines = stderr_lines(log)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    stopped_at = ckpt["state"]["step"]
+    ok = (rc == EXIT_INTERRUPTED and lines[-1].startswith("lta finetune-backbone: ") and "SIGTERM" in lines[-1]
+          and f"after step {stopped_at} of {total}" in lines[-1] and "Traceback" not in log.read_text()
+          and k <= stopped_at < total and not job_tasks(proc.pid))
+    assert ok, (rc, lines[-5:], stopped_at, job_log()[-2000:])
+    assert start("finetune-backbone", [*args, f"out={run}", "resume=true"], log).wait(timeout=600) == 0, log.read_text()[-2000:]
+    got = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    diffs = [name for name, t in ref["model"].items() if not torch.equal(t, got["model"][name])]
+    print(f"stopped at step {stopped_at} of {total}; {len(diffs)} tensors differ after resume")
+    record_fault("SIGTERM lta finetune-backbone launcher=local (random step), resume", 1, int(ok and not diffs), 0)
+    assert not diffs and got["state"]["step"] == total
