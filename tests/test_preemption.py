@@ -413,9 +413,8 @@ def test_sigterm_resize_then_rerun_equals_uninterrupted(tmp_path):
 
 
 # -- SIGTERM: lta finetune-backbone ------------------------------------------------------------------
-def test_sigterm_finetune_then_resume_equals_uninterrupted(tmp_path):
-    """SIGTERM after a random optimiser step: exit 75 with a checkpoint of that step; resume=true ends with the
-    same weights as an uninterrupted run."""
+def _finetune_reference(tmp_path: Path, epochs: int = 2) -> tuple[list[str], dict]:
+    """(args, last.pt of an uninterrupted run) of a tiny `lta finetune-backbone` on a 6-clip sample (3 steps an epoch)."""
     import torch
 
     from extract.render import write_sample
@@ -425,11 +424,28 @@ def test_sigterm_finetune_then_resume_equals_uninterrupted(tmp_path):
     write_sample(plan_sample(clips=6, seed=1, segments_per_clip=(9, 10), width=96, height=64, verbs=4, nouns=6,
                              train_fraction=0.5, val_fraction=0.5), data)
     args = [f"data={data}", "backbone=slowfast_r50_8x8", "init=random", "resized=false", "width_per_group=8",
-            "crop_size=32", "num_frames=8", "batch_size=8", "epochs=2", "num_workers=0", "val_split=", "log_every=1",
-            "warmup_steps=2", "lr=0.05"]
+            "crop_size=32", "num_frames=8", "batch_size=8", f"epochs={epochs}", "num_workers=0", "val_split=",
+            "log_every=1", "warmup_steps=2", "lr=0.05"]
     log = tmp_path / "ref.err"
     assert start("finetune-backbone", [*args, f"out={tmp_path / 'ref'}"], log).wait(timeout=600) == 0, log.read_text()[-2000:]
-    ref = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    return args, torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+
+
+def _finetune_resume(args: list[str], run: Path, log: Path, ref: dict) -> tuple[dict, list[str]]:
+    """`resume=true` of the interrupted `run` (no launcher): (its last.pt, names of tensors that differ from `ref`)."""
+    import torch
+
+    assert start("finetune-backbone", [*args, f"out={run}", "resume=true"], log).wait(timeout=600) == 0, log.read_text()[-2000:]
+    got = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    return got, [name for name, t in ref["model"].items() if not torch.equal(t, got["model"][name])]
+
+
+def test_sigterm_finetune_then_resume_equals_uninterrupted(tmp_path):
+    """SIGTERM after a random optimiser step: exit 75 with a checkpoint of that step; resume=true ends with the
+    same weights as an uninterrupted run."""
+    import torch
+
+    args, ref = _finetune_reference(tmp_path)
     total = ref["state"]["step"]
     rng = fault_rng("SIGTERM lta finetune-backbone")
     k = int(rng.integers(1, total - 1))
@@ -445,9 +461,7 @@ def test_sigterm_finetune_then_resume_equals_uninterrupted(tmp_path):
                                                           f"after step {stopped_at} of {total}")
           and "Traceback" not in log.read_text() and k <= stopped_at < total)
     assert ok, (rc, lines[-5:], stopped_at)
-    assert start("finetune-backbone", [*args, f"out={run}", "resume=true"], log).wait(timeout=600) == 0, log.read_text()[-2000:]
-    got = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    diffs = [name for name, t in ref["model"].items() if not torch.equal(t, got["model"][name])]
+    got, diffs = _finetune_resume(args, run, log, ref)
     print(f"stopped at step {stopped_at} of {total}; {len(diffs)} tensors differ after resume")
     record_fault("SIGTERM lta finetune-backbone (random step), resume", 1, int(ok and not diffs), 0)
     assert not diffs and got["state"]["step"] == total
@@ -459,21 +473,12 @@ def test_sigterm_finetune_local_launcher_then_resume_equals_uninterrupted(tmp_pa
     resume=true (without a launcher) ends with the weights of an uninterrupted run."""
     import torch
 
-    from extract.render import write_sample
-    from features.synthetic import plan_sample
-
-    data = tmp_path / "data"
-    write_sample(plan_sample(clips=6, seed=1, segments_per_clip=(9, 10), width=96, height=64, verbs=4, nouns=6,
-                             train_fraction=0.5, val_fraction=0.5), data)
-    args = [f"data={data}", "backbone=slowfast_r50_8x8", "init=random", "resized=false", "width_per_group=8",
-            "crop_size=32", "num_frames=8", "batch_size=8", "epochs=2", "num_workers=0", "val_split=", "log_every=1",
-            "warmup_steps=2", "lr=0.05"]
-    log = tmp_path / "ref.err"
-    assert start("finetune-backbone", [*args, f"out={tmp_path / 'ref'}"], log).wait(timeout=600) == 0, log.read_text()[-2000:]
-    ref = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    # 12 steps of ~0.2 s and a step from the first half: the signal goes launcher -> submitit controller -> job
+    # (the launcher polls every 0.2 s), so it must be sent while several steps are left
+    args, ref = _finetune_reference(tmp_path, epochs=4)
     total = ref["state"]["step"]
     rng = fault_rng("SIGTERM lta finetune-backbone launcher=local")
-    k = int(rng.integers(1, total - 1))
+    k = int(rng.integers(1, total // 2 + 1))
     run, log = tmp_path / "run", tmp_path / "run.err"
     proc = start("finetune-backbone", [*args, f"out={run}", "launcher=local"], log)
     job_log = lambda: "".join(p.read_text() for p in (run / "slurm").glob("*_log.err"))  # noqa: E731
@@ -487,9 +492,7 @@ def test_sigterm_finetune_local_launcher_then_resume_equals_uninterrupted(tmp_pa
           and f"after step {stopped_at} of {total}" in lines[-1] and "Traceback" not in log.read_text()
           and k <= stopped_at < total and not job_tasks(proc.pid))
     assert ok, (rc, lines[-5:], stopped_at, job_log()[-2000:])
-    assert start("finetune-backbone", [*args, f"out={run}", "resume=true"], log).wait(timeout=600) == 0, log.read_text()[-2000:]
-    got = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    diffs = [name for name, t in ref["model"].items() if not torch.equal(t, got["model"][name])]
+    got, diffs = _finetune_resume(args, run, log, ref)
     print(f"stopped at step {stopped_at} of {total}; {len(diffs)} tensors differ after resume")
     record_fault("SIGTERM lta finetune-backbone launcher=local (random step), resume", 1, int(ok and not diffs), 0)
     assert not diffs and got["state"]["step"] == total
