@@ -109,6 +109,7 @@ def validate_jobs(jobs: list[Job]) -> None:
     """
     from pipelines.cmd_train_heads import TrainHeadsConfig, check_config
     from pipelines.config import parse_config
+    from train_heads.run import holds_run
 
     taken = []
     for job in jobs:
@@ -118,10 +119,8 @@ def validate_jobs(jobs: list[Job]) -> None:
         except UsageError as err:
             raise UsageError(f"job {job.name} ({job.config}{', ' + str(job.grid) if job.grid else ''}): {err}; "
                              f"nothing was launched") from None
-        out = Path(cfg.out)
-        # the rule of train_heads.train.prepare_run_dir, checked here so no job is launched into a refusal
-        if not (cfg.resume or cfg.overwrite) and ((out / "checkpoints" / "last.pt").is_file() or (out / "metrics.json").is_file()):
-            taken.append(str(out))
+        if not (cfg.resume or cfg.overwrite) and holds_run(cfg.out):  # train-heads would refuse this job
+            taken.append(str(cfg.out))
     if taken:
         raise UsageError(f"{len(taken)} of {len(jobs)} run dirs already hold a trained run ({', '.join(taken[:3])}"
                          f"{', ...' if len(taken) > 3 else ''}); pass overrides=[resume=true] to continue them, "

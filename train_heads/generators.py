@@ -331,7 +331,7 @@ class PairSampleGenerator:
         probs = torch.softmax(score.reshape(w * z, c) / self.temperature, -1)
         return torch.multinomial(probs, 1, generator=rng).reshape(w, z)
 
-    def _verb_first(self, lv, ln, pmi, verb_ids: torch.Tensor, rng, *, draw_noun: bool) -> torch.Tensor:
+    def _verb_first(self, ln, pmi, verb_ids: torch.Tensor, rng, *, draw_noun: bool) -> torch.Tensor:
         """The nouns paired with `verb_ids` (W, Z): log p(n) + pair_weight * PMI(v, n), argmax or drawn."""
         score = ln if pmi is None else ln + self.pair_weight * pmi[verb_ids]
         return self._sample(score, rng) if draw_noun else score.argmax(-1)
@@ -365,10 +365,10 @@ class PairSampleGenerator:
         pmi = getattr(source, "pair_log_pmi", None)
         pmi = pmi.to(lv.device).float() if pmi is not None else None
         verbs, nouns = [lv.argmax(-1)], []  # candidate 0: the head's argmax verbs, each with its best noun
-        nouns.append(self._verb_first(lv, ln, pmi, verbs[0], rng, draw_noun=False))
+        nouns.append(self._verb_first(ln, pmi, verbs[0], rng, draw_noun=False))
         for _ in range(min(self.verb_first, k - 1)):  # verb drawn from the head, noun drawn given the verb
             verbs.append(self._sample(lv, rng))
-            nouns.append(self._verb_first(lv, ln, pmi, verbs[-1], rng, draw_noun=True))
+            nouns.append(self._verb_first(ln, pmi, verbs[-1], rng, draw_noun=True))
         verb, noun = torch.stack(verbs[:k], 1), torch.stack(nouns[:k], 1)
         if k > verb.shape[1]:  # the rest: joint draws of coherent pairs
             jv, jn = self._joint(lv, ln, pmi, k - verb.shape[1], rng)

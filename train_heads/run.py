@@ -47,6 +47,12 @@ def checkpoint_path(run_dir: str | Path, name: str = "best") -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"{name}.pt"
 
 
+def holds_run(run_dir: str | Path) -> bool:
+    """True when `run_dir` holds (part of) a trained run: `checkpoints/last.pt` or `metrics.json`; train-heads
+    refuses to write into it without resume=true or overwrite=true."""
+    return checkpoint_path(run_dir, "last").is_file() or (Path(run_dir) / METRICS_FILE).is_file()
+
+
 def save_checkpoint(run_dir: str | Path, name: str, state: dict) -> Path:
     """Atomically write `checkpoints/<name>.pt` (serialise in memory, temp file, fsync, rename).
 

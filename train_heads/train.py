@@ -30,7 +30,8 @@ from train_heads.evaluate import Abandoned, autocast, forecast_split, score_sequ
 from train_heads.generators import create_generator
 from train_heads.model import ModelConfig, build_model
 from train_heads.pair_prior import fit_pair_prior
-from train_heads.run import CONFIG_FILE, METRICS_FILE, checkpoint_path, load_checkpoint, read_metrics, save_run, update_metrics
+from train_heads.run import (CONFIG_FILE, METRICS_FILE, checkpoint_path, holds_run, load_checkpoint, read_metrics,
+                             save_run, update_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,7 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> No
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise RunDirError("resume=true and overwrite=true contradict each other: pass one of them")
-    exists = checkpoint_path(run_dir, "last").is_file() or (run_dir / METRICS_FILE).is_file()
-    if not exists or resume:
+    if not holds_run(run_dir) or resume:
         return
     if not overwrite:
         raise RunDirError(f"{run_dir} already holds a {describe_run(run_dir)}; pass resume=true to continue it, "
