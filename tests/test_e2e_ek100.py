@@ -22,24 +22,11 @@ from features.annotations import load_split
 from features.store import FeatureStore, RowTable, cache_key, store_path
 from pipelines import cli
 from ed_helpers import levenshtein
+from ek100_helpers import TEST_COLS, read_rows, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 SLICE = Path(os.environ.get("LTA_EK100_FIXTURES", REPO / "tests" / "fixtures" / "ek100_slice"))
-TEST_COLUMNS = ["narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
-                "stop_timestamp", "start_frame", "stop_frame"]  # EPIC_100_test_timestamps.csv
 Z, K = 20, 5
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
 
 
 
@@ -52,7 +39,7 @@ def ek100(tmp_path_factory):
     for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
         (src / name).write_bytes((SLICE / name).read_bytes())
     (src / "train.csv").write_bytes((SLICE / "train.csv").read_bytes())
-    val_rows = read_csv(SLICE / "val.csv")
+    val_rows = read_rows([SLICE / "val.csv"])
     videos = sorted({r["video_id"] for r in val_rows})
     assert len(videos) >= 2, "the slice's val.csv needs two videos or more"
     test_videos = set(videos[len(videos) // 2:])
@@ -60,7 +47,7 @@ def ek100(tmp_path_factory):
         columns = next(csv.reader(f))
     write_csv(src / "val.csv", columns, [r for r in val_rows if r["video_id"] not in test_videos])
     test_rows = [r for r in val_rows if r["video_id"] in test_videos]
-    write_csv(src / "test.csv", TEST_COLUMNS, test_rows)
+    write_csv(src / "test.csv", TEST_COLS, test_rows)
     data = root / "data"
     assert cli.main(["import-annotations", "format=epic-kitchens-100", f"src={src}", f"out={data}",
                      "train=[train.csv]", "val=[val.csv]", "test=[test.csv]"]) == 0

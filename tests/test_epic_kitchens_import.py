@@ -16,11 +16,8 @@ import pytest
 
 from features.annotations import SPLIT_FILES, load_split, load_taxonomy
 from pipelines import cli
+from ek100_helpers import SEG_COLS, TEST_COLS, read_rows, write_csv
 
-SEG_COLS = ["narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp", "stop_timestamp",
-            "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun", "noun_class", "all_nouns",
-            "all_noun_classes"]
-TEST_COLS = SEG_COLS[:8]
 VERBS = ["take", "put", "open", "close", "wash"]
 NOUNS = ["plate", "tap", "knife", "cupboard", "pan", "spoon"]
 
@@ -29,14 +26,6 @@ def ts(sec: float) -> str:
     h, rem = divmod(sec, 3600)
     m, s = divmod(rem, 60)
     return f"{int(h):02d}:{int(m):02d}:{s:05.2f}"
-
-
-def write_csv(path: Path, cols: list[str], rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 def write_classes(src: Path) -> None:
@@ -87,14 +76,6 @@ def run_import(src: Path, out: Path, splits: dict, *extra: str) -> int:
     names = {s: "[" + ",".join(p.name for p in ps) + "]" for s, ps in splits.items()}
     return cli.main(["import-annotations", "format=epic-kitchens-100", f"src={src}", f"out={out}",
                      f"train={names['train']}", f"val={names['val']}", f"test={names['test']}", *extra])
-
-
-def read_rows(paths: list[Path]) -> list[dict]:
-    out = []
-    for p in paths:
-        with open(p, newline="") as f:
-            out += list(csv.DictReader(f))
-    return out
 
 
 def secs(text: str) -> float:
