@@ -173,17 +173,17 @@ def _stage_predict(run: Path, generator: str, data: Path, out: Path) -> dict:
 
 
 def _readme_status(summary: dict, path: Path) -> None:
-    """Say whether README.md's results block is this run's (when the run has the block's settings)."""
+    """Say whether the results block of docs/results.md is this run's (when the run has the block's settings)."""
     from pipelines import readme_results
 
     try:
         same = readme_results.matches(summary)
-    except (OSError, ValueError):  # an installed copy without README.md
+    except (OSError, ValueError):  # an installed copy without docs/results.md
         return
     if same is True:
-        print("README.md results table: up to date with this run")
+        print("docs/results.md results table: up to date with this run")
     elif same is False:
-        print(f"README.md results table differs from this run: python -m pipelines.readme_results {path}")
+        print(f"docs/results.md results table differs from this run: python -m pipelines.readme_results {path}")
 
 
 def _run(cfg: DemoConfig) -> int:
@@ -255,7 +255,7 @@ files:
   {out / SUMMARY_FILE}  everything above as JSON
 total {summary['total_sec']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in st.times.items())})
 
-next, on real Ego4D data (README, "Real Ego4D workflow"):
+next, on real Ego4D data (README.md, "The real Ego4D workflow"):
   python -m ego4d.cli.cli --output_directory ~/ego4d --datasets annotations clips lta_models --benchmarks FHO
   ln -s ~/ego4d/v1/annotations data/long_term_anticipation/annotations; ln -s ~/ego4d/v1/clips data/long_term_anticipation/clips_hq
   make resize DATA=data/long_term_anticipation

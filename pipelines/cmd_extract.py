@@ -24,7 +24,7 @@ class ExtractConfig:
     splits: list[str] = opt(["train", "val", "test"], "annotation splits whose segments become rows")
     views: int = opt(1, "temporal views per segment; view 0 is the centred window")
     num_input_clips: list[int] = opt([2, 4], "N_in values of the reference LTA loader to reproduce (all >= 2, or [1]); "
-                                             "SlowFast stores one variant per (N_in, slot), see README Fidelity")
+                                             "SlowFast stores one variant per (N_in, slot), see docs/fidelity.md")
     slow_pathway: str = opt("per_slot", "per_slot (the reference LTA slow frames, per N_in and slot) | "
                                         "slot_independent (one variant, recognition slow frames; cheaper, approximate)")
     linspace: str = opt("torch19", "torch19 (frame picks of the reference's torch 1.9) | torch (the installed torch)")

@@ -1,11 +1,11 @@
-"""The README's demo results table, generated from `lta demo`'s summary (never typed by hand).
+"""The demo results table of docs/results.md, generated from `lta demo`'s summary (never typed by hand).
 
     make demo                                                         # writes demo_out/demo_summary.json
-    python -m pipelines.readme_results demo_out/demo_summary.json     # rewrites the block in README.md
-    python -m pipelines.readme_results demo_out/demo_summary.json --check   # exit 1 when README differs
+    python -m pipelines.readme_results demo_out/demo_summary.json     # rewrites the block in docs/results.md
+    python -m pipelines.readme_results demo_out/demo_summary.json --check   # exit 1 when docs/results.md differs
 
-The block sits between `<!-- demo-results -->` and `<!-- /demo-results -->` in README.md. `lta demo`
-itself says whether the README agrees when it runs with the settings the block records.
+The block sits between `<!-- demo-results -->` and `<!-- /demo-results -->` in docs/results.md. `lta demo`
+itself says whether the page agrees when it runs with the settings the block records.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 START, END = "<!-- demo-results -->", "<!-- /demo-results -->"
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "results.md"  # the page that holds the block
 BASELINE_LABELS = {
     "frequency_prior": "frequency prior (no training)",
     "markov": "Markov chain over actions, started from the head's recognised labels (no training)",
