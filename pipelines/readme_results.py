@@ -25,7 +25,7 @@ BASELINE_LABELS = {
     "knn_retrieval": "kNN retrieval of training futures on pooled features (no training)",
 }
 FIRST_ANCHOR = "- **Trained heads vs the prior.**"  # where a README without the block gets it (first time)
-SETTINGS_KEYS = ("clips", "seed", "epochs", "crop_size", "configs", "generators")
+SETTINGS_KEYS = ("clips", "seed", "epochs", "crop_size", "configs", "generators", "slow_pathway")
 
 
 def row_label(row: dict, run_configs: dict[str, str]) -> str:

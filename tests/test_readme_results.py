@@ -24,7 +24,8 @@ def _fake_summary(seed: int = 0) -> dict:
             "test": {"verb_ed": rng.random(), "noun_ed": rng.random(), "action_ed": rng.random(),
                      "num_keys_scored": rng.randint(1, 99)},
             "settings": {"clips": cfg.clips, "seed": cfg.seed, "epochs": cfg.epochs, "crop_size": cfg.crop_size,
-                         "configs": list(cfg.configs), "generators": list(cfg.generators)}}
+                         "configs": list(cfg.configs), "generators": list(cfg.generators),
+                         "slow_pathway": cfg.slow_pathway}}
 
 
 def test_readme_block_has_the_demo_rows_and_settings():
