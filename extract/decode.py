@@ -43,6 +43,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from features.windows import view_positions
+
 SEEK_COST_FRAMES = 8  # a seek (flush + demux restart) costs about as much as decoding this many frames
 
 
@@ -60,19 +62,6 @@ class View:
 
     position: float
     flip: bool = False
-
-
-def view_positions(num_views: int) -> list[float]:
-    """Window positions of `num_views` views: 0.5 (centred, the reference test view) first, then 0, 1,
-    0.25, 0.75, 0.125, ... (a nested coarse-to-fine sequence, so adding views never changes earlier ones)."""
-    if num_views < 1:
-        raise ValueError(f"num_views must be >= 1, got {num_views}")
-    positions = [0.5, 0.0, 1.0]
-    level = 2
-    while len(positions) < num_views:
-        positions += [(2 * k + 1) / 2**level for k in range(2 ** (level - 1))]
-        level += 1
-    return positions[:num_views]
 
 
 def make_views(num_views: int, *, flip: bool = False) -> list[View]:

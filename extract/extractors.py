@@ -40,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from extract.weights import KINETICS_URLS, fetch_url, load_kinetics_state_dict, load_state_dict_strictly, sha256_file
+from extract.weights import KINETICS_URLS, fetch_url, load_kinetics_state_dict, load_state_dict_strictly
+from features.devices import check_device
+from features.files import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -140,21 +142,13 @@ def create_extractor(name: str, *, weights: str = "default", device: str = "cpu"
     else:
         raise ValueError(f"unknown extractor {name!r}; available: {list_extractors()}, clip_<open_clip arch>.<tag>, "
                          f"or <{'|'.join(FINETUNE_ARCHS)}>.<run name> with weights=RUN_DIR of `lta finetune-backbone`")
-    check_device(device)
+    check_device("device", device, allow_auto=False)  # never a silent fall-back to the CPU
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     ext = builder(weights=weights, device=device, crop_size=crop_size)
     ext.precision = precision
     ext.configure_sampling(num_input_clips, slow_pathway=slow_pathway, linspace=linspace)
     return ext
-
-
-def check_device(device: str) -> None:
-    """Refuse a CUDA device when there is no GPU (never fall back to the CPU silently)."""
-    import torch
-
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} but torch sees no CUDA GPU; pass device=cpu to run on the CPU")
 
 
 def _seeded_build(fn: Callable[[], Any]) -> Any:
@@ -387,7 +381,7 @@ class CheckpointSlowFastExtractor(SlowFastExtractor):
             short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
             mean=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.MEAN", VIDEO_MEAN)),
             std=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.STD", VIDEO_STD)), view_shape=(info.feature_dim,),
-            tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=sha256_file(path),
+            tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=file_sha256(path),
             target_fps=float(cfg_get(ckpt.cfg, "DATA.TARGET_FPS", 30)),
             arch_kwargs=tuple(sorted((k, json.dumps(v)) for k, v in kw.items())),
         )
@@ -441,7 +435,7 @@ class CheckpointMViTExtractor(MViTExtractor):
             short_side=_scaled_short_side(256, crop, 224), crop_size=crop, interpolation="bilinear",
             mean=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.MEAN", VIDEO_MEAN)),
             std=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.STD", VIDEO_STD)), view_shape=(info.feature_dim,),
-            tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=sha256_file(path),
+            tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=file_sha256(path),
             target_fps=float(cfg_get(ckpt.cfg, "DATA.TARGET_FPS", 30)),
             arch_kwargs=tuple(sorted((k, json.dumps(v)) for k, v in kw.items())),
         )
@@ -473,7 +467,7 @@ def _load_video_weights(model: Any, name: str, pretrain: str, weights: str, *, u
         own_head = [k for k in model.state_dict() if k.startswith(head)]
         state = {k: v for k, v in state.items() if not k.startswith(head) or k in own_head}
         load_state_dict_strictly(model, state, source=str(path))
-    return source, sha256_file(path)
+    return source, file_sha256(path)
 
 
 # -- fine-tuned backbones (`lta finetune-backbone` run dirs) ----------------------------------------------
@@ -521,7 +515,7 @@ def build_finetuned(name: str, *, weights: str, device: str, crop_size: int | No
         name=name, arch=spec_arch, num_frames=bspec.num_frames, window_frames=bspec.num_frames,
         sampling_rate=bspec.sampling_rate, short_side=bspec.short_side, crop_size=bspec.crop_size,
         interpolation="bilinear", mean=tuple(bspec.mean), std=tuple(bspec.std), view_shape=(bspec.feature_dim,),
-        tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=sha256_file(path),
+        tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=file_sha256(path),
         target_fps=bspec.target_fps, arch_kwargs=tuple(sorted(bspec.builder_kwargs.items())),
     )
     return cls(spec, model, device)
@@ -653,13 +647,13 @@ def _load_open_clip(name: str, arch: str, tag: str, *, weights: str, crop_size: 
         if not path:
             raise RuntimeError(f"{name}: open_clip has no download for {arch}/{tag}")
         model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, **extra)
-        source, sha = f"open_clip:{arch}/{tag}", sha256_file(path)
+        source, sha = f"open_clip:{arch}/{tag}", file_sha256(path)
     else:
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"{name}: weights file {path} not found")
         model = open_clip.create_model(arch, pretrained=str(path), force_quick_gelu=quick_gelu, **extra)
-        source, sha = str(path.resolve()), sha256_file(path)
+        source, sha = str(path.resolve()), file_sha256(path)
     return model, source, sha, quick_gelu
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from features.annotations import RAW_CLIP_DIR, safe_join, check_clip_uid
+from features.files import atomic_path
 from features.synthetic import Appearance, ClipPlan, Motion, SamplePlan, sample_summary, write_annotations
 
 log = logging.getLogger(__name__)
@@ -212,9 +212,8 @@ def encode_mp4(
     import av
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     count = 0
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = None
         for frame in frames:
             if stream is None:
@@ -231,7 +230,6 @@ def encode_mp4(
             raise ValueError(f"{path}: no frames to encode")
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
     return count
 
 

@@ -7,13 +7,11 @@ One module that both the extractors (extract/extractors.py) and backbone fine-tu
     fetch_url(url)                download once into torch's hub cache; one clear error when offline
     load_kinetics_state_dict(p)   state dict of a model-zoo / plain state-dict file, no pickled code run
     load_state_dict_strictly(m, sd, source)   strict load whose error names the first mismatching keys
-    sha256_file(p)                the hash recorded in every extractor spec (part of the cache key)
 
 torch is imported inside the functions, so importing this module is instant.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -33,14 +31,6 @@ KINETICS_URLS = {
 
 class BackboneMismatchError(CheckpointError):
     """Weights that do not fit the model: names the first missing/unexpected/mis-shaped keys."""
-
-
-def sha256_file(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_url(url: str, *, offline_hint: str = "pass weights=PATH to a local copy, or weights=random for tests") -> Path:

@@ -27,7 +27,9 @@ from typing import Sequence
 import numpy as np
 
 from features.annotations import check_clip_uid, load_split, safe_join
+from features.files import file_sha256
 from features.store import FeatureStore, RowTable, cache_key, store_path
+from features.windows import view_positions
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +47,6 @@ class ImportParams:
     def __post_init__(self) -> None:
         if self.window_frames < 1 or self.stride_frames < 1 or self.fps <= 0 or self.num_views < 1:
             raise ValueError(f"invalid import parameters {self}")
-
-
-def view_positions(num_views: int) -> list[float]:
-    """Window positions in [0, 1] inside a segment: 0.5 (centred) first, then 0, 1, 0.25, 0.75, 0.125, ...
-
-    The same nested sequence as extraction's views (extract/decode.py), repeated here because
-    `features/` must not import `extract/`.
-    """
-    positions = [0.5, 0.0, 1.0]
-    level = 2
-    while len(positions) < num_views:
-        positions += [(2 * k + 1) / 2**level for k in range(2 ** (level - 1))]
-        level += 1
-    return positions[:num_views]
 
 
 def segment_windows(start_sec: np.ndarray, end_sec: np.ndarray, num_windows: int,
@@ -89,14 +77,6 @@ def segment_windows(start_sec: np.ndarray, end_sec: np.ndarray, num_windows: int
         nearest = np.floor(t0_f / stride + 0.5).astype(np.int64)
         out[:, v] = np.where(ok, np.clip(nearest, first, np.maximum(last, first)), -1)
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_video_features(path: Path) -> np.ndarray:
@@ -185,7 +165,7 @@ def import_ego4d_features(data_dir: str | Path, features_dir: str | Path, store_
         raise FileNotFoundError(f"none of the {len(files)} video feature files needed by {splits} is in {features_dir} "
                                 f"(e.g. {files[next(iter(files))] if files else 'no rows'})")
     log.info("hashing %d feature files in %s", len(present), features_dir)
-    digest = hashlib.sha256("\n".join(f"{uid} {_sha256(files[uid])}" for uid in present).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join(f"{uid} {file_sha256(files[uid])}" for uid in present).encode()).hexdigest()
     dim = load_video_features(files[present[0]]).shape[1]
     spec = {"source": "ego4d_official_features", **asdict(params), "splits": list(splits), "feature_dim": int(dim),
             "files_sha256": digest, "num_files": len(present)}

@@ -15,6 +15,9 @@ Both take an optional `exit_code=` for a specific status (e.g. 128 + signal for 
 """
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class LtaError(Exception):
     """Base class: an expected failure with a one-line message and an exit status."""
@@ -37,3 +40,15 @@ class RunFailure(LtaError, RuntimeError):
     """A run that could not finish (exit 1): the message names the file / record / job and what to do."""
 
     exit_code = 1
+
+
+def closest(value: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to `value` (difflib ratio >= 0.6), or None."""
+    match = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """`" (did you mean 'x'?)"` for the closest choice, else "": the tail of a UsageError about a name."""
+    best = closest(value, choices)
+    return f" (did you mean {best!r}?)" if best else ""

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import shutil
-import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from features.store_backends import ATTRS_KEY, StoreCorruptError, backend_for, disk_size  # noqa: F401 (re-export)
+from features.version import code_version
 
 SCHEMA_VERSION = 1
 log = logging.getLogger(__name__)
@@ -134,23 +134,6 @@ class RowTable:
         j = np.minimum(np.searchsorted(sorted_comp, comp), len(sorted_comp) - 1)
         ok &= sorted_comp[j] == comp
         return np.where(ok, order[j], -1).astype(np.int64)
-
-
-def code_version() -> str:
-    """`git describe` of this checkout, else the installed package version."""
-    try:
-        res = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=10)
-        if res.returncode == 0 and res.stdout.strip():
-            return "git:" + res.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    try:
-        from importlib.metadata import version
-
-        return "pkg:" + version("ego4d-lta-cache")
-    except Exception:
-        return "unknown"
 
 
 def _library_versions() -> dict[str, str]:

@@ -12,13 +12,13 @@ Any other key is an error.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Collection, Sequence
 
 import numpy as np
 
 from features.annotations import Taxonomy
+from features.files import atomic_write
 
 
 class PredictionError(ValueError):
@@ -135,10 +135,4 @@ def write_predictions(path: Path | str, keys: Sequence[str], verb: np.ndarray, n
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate keys")
     obj = {key: {"verb": v.tolist(), "noun": n.tolist()} for key, v, n in zip(keys, verb.astype(np.int64), noun.astype(np.int64))}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, separators=(",", ":"))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(obj, separators=(",", ":")))

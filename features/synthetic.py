@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from features.annotations import ANNOTATION_DIR, SPLIT_FILES, TAXONOMY_FILE
 from features.errors import UsageError
+from features.files import atomic_write_json
 
 FPS = 30
 SAMPLE_INFO_FILE = "synthetic_sample.json"  # generator settings, tasks, appearance, test labels
@@ -397,23 +397,15 @@ def fill_withheld_labels(ann, data_dir: Path | str):
     return replace(ann, verb=verb, noun=noun)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def write_annotations(plan: SamplePlan, out_dir: Path | str) -> list[Path]:
     """Write `<out>/annotations/*.json` and `<out>/synthetic_sample.json`; returns the paths."""
     ann_dir = Path(out_dir) / ANNOTATION_DIR
     ann_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for filename, doc in annotation_documents(plan).items():
-        _write_json(ann_dir / filename, doc)
+        atomic_write_json(ann_dir / filename, doc, indent=1, ensure_ascii=True)
         paths.append(ann_dir / filename)
-    _write_json(Path(out_dir) / SAMPLE_INFO_FILE, sample_info(plan))
+    atomic_write_json(Path(out_dir) / SAMPLE_INFO_FILE, sample_info(plan), indent=1, ensure_ascii=True)
     return paths + [Path(out_dir) / SAMPLE_INFO_FILE]
 
 

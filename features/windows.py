@@ -80,3 +80,18 @@ def build_windows(
     observed = last[:, None] + np.arange(-num_input + 1, 1)[None, :]
     future = last[:, None] + np.arange(1, num_future + 1)[None, :]
     return Windows(keys, observed.astype(np.int64), future.astype(np.int64), num_input, num_future)
+
+
+def view_positions(num_views: int) -> list[float]:
+    """Where the `num_views` cached views of a segment sit, as positions p in [0, 1] of the window start over the
+    segment: 0.5 (centred, the reference test view) first, then 0, 1, 0.25, 0.75, 0.125, ... (a nested
+    coarse-to-fine sequence, so adding views never changes earlier ones). Extraction (extract/decode.py) and
+    the Ego4D feature importer (features/ego4d_features.py) both place views with it."""
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    positions = [0.5, 0.0, 1.0]
+    level = 2
+    while len(positions) < num_views:
+        positions += [(2 * k + 1) / 2**level for k in range(2 ** (level - 1))]
+        level += 1
+    return positions[:num_views]

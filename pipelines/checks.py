@@ -5,26 +5,14 @@ choices (with a "did you mean" when a choice is close), so a typo costs nothing 
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from features.errors import UsageError
+from features.devices import check_device, resolve_device  # noqa: F401 - the commands' device checks
+from features.errors import UsageError, closest, did_you_mean  # noqa: F401 - re-exported for the commands
 
 # one launcher vocabulary for every command that can fan out (resize, extract, sweep, finetune-backbone)
 LAUNCHERS = ("none", "local", "slurm")  # this process | submitit local subprocesses | submitit SLURM jobs
-
-
-def closest(value: str, choices: Iterable[str]) -> str | None:
-    """The choice closest to `value` (difflib ratio >= 0.6), or None."""
-    match = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
-def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """`" (did you mean 'x'?)"` for the closest choice, else ""."""
-    best = closest(value, choices)
-    return f" (did you mean {best!r}?)" if best else ""
 
 
 def check_choice(key: str, value: str, choices: Sequence[str], what: str = "") -> str:
@@ -93,26 +81,6 @@ def check_store_root(key: str, path: str | Path) -> Path:
     return root
 
 
-def check_device(key: str, device: str, *, allow_auto: bool = True) -> str:
-    """`cpu`, `cuda`, `cuda:N` (CUDA must be available) or `auto`."""
-    name = str(device)
-    if allow_auto and name == "auto":
-        return name
-    kind, _, index = name.partition(":")
-    valid = (["auto"] if allow_auto else []) + ["cpu", "cuda", "cuda:N"]
-    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
-        raise UsageError(f"{key}={name}: unknown device{did_you_mean(name, valid)}; valid: {valid}")
-    if kind == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"{key}={name}: CUDA is not available on this machine; use {key}=cpu"
-                             + (f" or {key}=auto" if allow_auto else ""))
-        if index and int(index) >= torch.cuda.device_count():
-            raise UsageError(f"{key}={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return name
-
-
 def check_run_dir(key: str, run: str | Path, checkpoint: str | None = "best") -> Path:
     """A run dir (config.yaml) holding `checkpoints/<checkpoint>.pt`; the message lists the checkpoints there."""
     from train_heads.run import CHECKPOINT_DIR, CONFIG_FILE
@@ -150,12 +118,3 @@ def check_kwargs(key: str, kwargs: dict, constructor, *, filled: Sequence[str] =
             raise UsageError(f"{key}.{name}: unknown option of {getattr(constructor, '__name__', constructor)}"
                              f"{did_you_mean(name, valid)}; valid: {sorted(valid)}")
     return kwargs
-
-
-def resolve_device(device: str) -> str:
-    """`auto` -> `cuda` when CUDA is available, else `cpu`; any other (checked) name as it is."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from features.files import atomic_write_json
 from pipelines.common import UsageError, run_command
 from pipelines.config import opt, to_yaml
 
@@ -79,13 +79,7 @@ def summary_path(store: Path | str, shard: int, num_shards: int) -> Path:
 
 
 def _write_json(path: Path, value) -> None:
-    """Write `value` as JSON atomically (a unique temp file renamed into place)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(value, indent=1, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_json(path, value, indent=1, default=str)
 
 
 def run_shard(cfg: ExtractConfig, *, lock: bool = True) -> dict:

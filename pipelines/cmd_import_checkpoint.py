@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from features.files import file_sha256
 from pipelines.common import run_command
 from pipelines.config import opt
 
@@ -51,7 +52,7 @@ def _find_cache_key(cfg: ImportCheckpointConfig, modality: str, feature_dim: int
 
         stores = [s for s in open_root(root) if s.name.startswith(modality) and s.feature_shape[-1] == feature_dim]
     if len(stores) > 1:  # prefer stores extracted with this checkpoint's own weights
-        own = [s for s in stores if _weights_sha256(s.spec) == _sha256(ckpt_path)]
+        own = [s for s in stores if _weights_sha256(s.spec) == file_sha256(ckpt_path)]
         stores = own or stores
     if len(stores) == 1:
         return stores[0].key
@@ -64,12 +65,6 @@ def _find_cache_key(cfg: ImportCheckpointConfig, modality: str, feature_dim: int
         f"under {root}{': ' + str(found) if found else ''}; "
         + ("pass cache_key=KEY" if found else f"extract them first with weights={ckpt_path} or pass cache_key=KEY")
     )
-
-
-def _sha256(path: Path) -> str:
-    from extract.weights import sha256_file
-
-    return sha256_file(path)
 
 
 def _weights_sha256(spec: dict) -> str:
@@ -88,7 +83,7 @@ def check_pairing(store_root: Path, cache_key: str, ckpt_path: Path, *, allow_fo
     from features.store import FeatureStore
 
     ext = FeatureStore.open(path).spec.get("extractor") or {}
-    have, want = str(ext.get("weights_sha256", "")), _sha256(ckpt_path)
+    have, want = str(ext.get("weights_sha256", "")), file_sha256(ckpt_path)
     if have == want:
         return
     msg = (f"store {cache_key} was extracted with weights {ext.get('weights', '?')} (sha256 {have[:12] or 'none'}), "

@@ -27,9 +27,9 @@ def _checkpoint(manifest: dict, pick) -> Path:
     assert names, f"no such checkpoint in {E2E / 'MANIFEST.json'}: {sorted(manifest['checkpoints'])}"
     entry = manifest["checkpoints"][names[0]]
     path = (E2E / entry["path"]).resolve()
-    from extract.weights import sha256_file
+    from features.files import file_sha256
 
-    assert sha256_file(path) == entry["sha256"], f"{path} is not the checkpoint MANIFEST.json lists"
+    assert file_sha256(path) == entry["sha256"], f"{path} is not the checkpoint MANIFEST.json lists"
     return path
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from features.errors import UsageError
 from extract import extractors
 from extract.extractors import create_extractor, list_extractors
 
@@ -62,7 +63,7 @@ def test_registry_names_and_errors():
 def test_cuda_without_gpu_is_an_error():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+    with pytest.raises(UsageError, match="CUDA is not available"):
         create_extractor("clip_vit_b32.openai", weights="random", device="cuda")
 
 

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from e2e_helpers import record_backbone_forwards  # noqa: E402
-from extract.weights import sha256_file  # noqa: E402
+from features.files import file_sha256  # noqa: E402
 from extract.finetune.model import build_backbone, load_finetuned_backbone  # noqa: E402
 from features.store import FeatureStore, store_paths  # noqa: E402
 from pipelines import cmd_extract, cmd_finetune, cmd_train_heads  # noqa: E402
@@ -62,7 +62,7 @@ def test_store_is_keyed_by_the_finetuned_run(pipeline):
     assert store.key == first["store_keys"][0] and store.key.startswith("slowfast_r50_8x8.ft_tiny-")
     ext = store.spec["extractor"]
     backbone = pipeline["run"] / "backbone.pt"
-    assert ext["weights"] == str(backbone.resolve()) and ext["weights_sha256"] == sha256_file(backbone)
+    assert ext["weights"] == str(backbone.resolve()) and ext["weights_sha256"] == file_sha256(backbone)
     assert (ext["num_frames"], ext["sampling_rate"], ext["crop_size"], ext["short_side"]) == (8, 8, 32, 37)
     assert store.view_shape == (288,) and store.filled().all()
 

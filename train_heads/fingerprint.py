@@ -14,25 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from features.annotations import ANNOTATION_DIR, TAXONOMY_FILE, annotation_path
-
-CHUNK = 1 << 20
-
-
-def file_sha256(path: str | Path) -> str:
-    """The file's sha256, read once per (path, size, mtime) in a process: `lta report` asks for the same
-    checkpoint's hash several times (its val selection, the evaluation fingerprint, the page header)."""
-    st = Path(path).stat()
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA256:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(CHUNK):
-                h.update(block)
-        _SHA256[key] = h.hexdigest()
-    return _SHA256[key]
-
-
-_SHA256: dict[tuple[str, int, int], str] = {}
+from features.files import file_sha256  # noqa: F401 - callers import it from here too
 
 
 def evaluation_fingerprint(*, checkpoint_file: str | Path, data: str | Path, split: str, cache_keys: Mapping[str, str],

@@ -39,16 +39,6 @@ log = logging.getLogger(__name__)
 from train_heads.schemas import TrainConfig  # noqa: E402,F401 - torch-free schema, re-exported
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available else cpu; an explicit cuda device that is missing is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name} requested but CUDA is not available (use device=cpu or auto)")
-    return dev
-
-
 def _norm_layer_params(model: nn.Module) -> set[int]:
     """ids of the parameters of LayerNorm / BatchNorm layers."""
     return {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)) for p in m.parameters(recurse=False)}
@@ -312,7 +302,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device, key="train.device"))
     for stale in sorted((run_dir / "checkpoints").glob("*.pt.tmp")):  # left by a process killed mid-write
         log.warning("removing %s, a partial checkpoint of an interrupted run", stale)
         stale.unlink()

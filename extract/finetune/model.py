@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from features.files import atomic_path, atomic_write
 from extract.weights import KINETICS_URLS, fetch_url, load_kinetics_state_dict, load_state_dict_strictly
 
 if TYPE_CHECKING:
@@ -264,21 +264,19 @@ def export_backbone(model: "nn.Module", spec: BackboneSpec, out_dir: Path | str,
     model = getattr(model, "module", model)  # unwrap DDP
     backbone_state = {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}
     heads_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("backbone.")}
-    _atomic_torch_save(backbone_state, out_dir / BACKBONE_FILE)
-    _atomic_torch_save(heads_state, out_dir / HEADS_FILE)
+    atomic_torch_save(backbone_state, out_dir / BACKBONE_FILE)
+    atomic_torch_save(heads_state, out_dir / HEADS_FILE)
     meta = {**spec.to_json(), **({"extra": extra} if extra else {})}
-    tmp = out_dir / (SPEC_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp, out_dir / SPEC_FILE)
+    atomic_write(out_dir / SPEC_FILE, json.dumps(meta, indent=2, sort_keys=True))
     return out_dir / BACKBONE_FILE
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`torch.save` whole or not at all (features.files.atomic_path)."""
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def is_finetuned_run(path: Path | str) -> bool:

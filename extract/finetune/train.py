@@ -44,10 +44,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from features.devices import resolve_device
 from extract.finetune.data import EpochBatchSampler, ProbeReport, RecognitionDataset, make_loader, probe_split
 from extract.finetune.model import (
     RECIPES,
     BackboneSpec,
+    atomic_torch_save,
     build_recognition_model,
     cosine_warmup_factor,
     export_backbone,
@@ -116,26 +118,13 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(device: str):
-    """`auto` -> cuda if available else cpu; an explicit `cuda` without a GPU is an error (no silent fallback)."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device} but torch sees no CUDA device")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ValueError(f"unknown device {device!r}; expected auto, cpu or cuda[:N]")
-    return torch.device(device)
-
-
 def setup_distributed(device: str) -> DistInfo:
     """Process-group init from the torchrun / SLURM environment when WORLD_SIZE > 1 (NCCL on CUDA, else gloo)."""
     import torch
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     if world == 1:
         return DistInfo(0, 1, 0, dev)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -199,15 +188,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -520,9 +500,9 @@ def _log_val(out: Path, writer, epoch: int, step: int, metrics: dict) -> None:
 def _save_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec, state: TrainState, dist: DistInfo,
                      opts: TrainOptions) -> None:
     # every rank keeps its own RNG stream (dropout masks differ per rank); rank 0 writes the shared state
-    _atomic_save(_rng_state(), path.with_name(f"rng_rank{dist.rank}.pt"))
+    atomic_torch_save(_rng_state(), path.with_name(f"rng_rank{dist.rank}.pt"))
     if dist.is_main:
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                       "state": asdict(state), "spec": spec.to_json(), "options": asdict(opts),
                       "world_size": dist.world_size}, path)
     if dist.world_size > 1:
