@@ -199,7 +199,12 @@ def test_feature_norm_standardize_and_l2():
     norm = FeatureNorm(dim=8, mode="standardize")
     norm.set_stats(x.float())
     y = norm(x.float()).reshape(-1, 8)
-    assert torch.allclose(y.mean(0), torch.zeros(8), atol=1e-4)
+    # float32 holds values near 7 only to 7 * eps (8e-7): over dimension 0's std of 1e-3 that is 8e-4 of a unit,
+    # so its standardised mean can be off by that much however the statistics are computed (a fixed 1e-4 bound
+    # failed on some draws); every other dimension must be centred to 1e-4
+    flat = x.reshape(-1, 8)
+    resolution = torch.finfo(torch.float32).eps * flat.abs().amax(0) / flat.std(0).clamp_min(1e-30)
+    assert torch.all(y.mean(0).abs().double() <= 1e-4 + 2 * resolution), (y.mean(0), resolution)
     assert torch.allclose(y.std(0, unbiased=False)[[0, 1, 2, 3]], torch.ones(4), atol=1e-3)
     assert norm.std[4] == 1.0 and torch.all(y[:, 4] == 0)
     chunked = FeatureNorm(dim=8, mode="standardize")
