@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class ExtractConfig:
     data: str = opt("data/long_term_anticipation", "dataset root (annotations/, clips/)")
     store: str = opt("cache/features", "feature store root; one <key>.zarr per extractor")
-    extractors: list[str] = opt(["slowfast_r101_8x8.ego4d", "clip_vit_b32.openai"], "registry names (see extract.extractors)")
+    extractors: list[str] = opt(["slowfast_r101_8x8.ego4d", "clip_vit_b32.openai"], "extractor names (`lta extract --list` prints the table)")
     splits: list[str] = opt(["train", "val", "test"], "annotation splits whose segments become rows")
     views: int = opt(1, "temporal views per segment; view 0 is the centred window")
     num_input_clips: list[int] = opt([2, 4], "N_in values of the reference LTA loader to reproduce (all >= 2, or [1]); "
@@ -152,7 +152,7 @@ def _validate(cfg: ExtractConfig) -> None:
     check_device("device", cfg.device, allow_auto=False)
     check_choice("dtype", cfg.dtype, ["float16", "float32"], "dtype")
     from extract.decode import LINSPACE_MODES
-    from extract.extractors import PRECISIONS, SLOW_PATHWAYS
+    from extract.extractors.table import PRECISIONS, SLOW_PATHWAYS
 
     check_choice("precision", cfg.precision, PRECISIONS, "precision")
     check_choice("slow_pathway", cfg.slow_pathway, SLOW_PATHWAYS, "slow pathway mode")
@@ -297,5 +297,10 @@ def _run_stoppable(cfg: ExtractConfig) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
+    if "--list" in argv:  # the extractor table, without building a model (no torch import)
+        from extract.extractors.table import format_table
+
+        print(format_table())
+        return 0
     return run_command("extract", ExtractConfig, argv, _run,
                        "decode each window once and cache SlowFast / MViT / CLIP embeddings")

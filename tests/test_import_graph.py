@@ -52,14 +52,21 @@ def imported_names(tree: ast.AST, module: str, is_package: bool) -> set[str]:
 
 
 def project_edges(modules: dict[str, Path]) -> dict[str, set[str]]:
-    """module -> the project modules it imports. `import a.b.c` also runs a/__init__ and a/b/__init__."""
+    """module -> the project modules it imports. `import a.b.c` also runs a/__init__ and a/b/__init__.
+
+    One exception: a module of package a.b that imports a sibling (`from a.b.c import x` in a/b/d.py) passes
+    through its own package a.b, which Python has already started initialising before a/b/d.py runs, so that
+    is no edge to a.b (a circle through a.b's __init__ needs `from a.b import name` itself, which still is)."""
     edges = {}
     for name, path in modules.items():
         targets = set()
+        own_packages = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
         for imported in imported_names(ast.parse(path.read_text(), str(path)), name, path.name == "__init__.py"):
             parts = imported.split(".")
             for i in range(1, len(parts) + 1):
                 candidate = ".".join(parts[:i])
+                if candidate in own_packages and ".".join(parts[:i + 1]) in modules:
+                    continue  # on the way to a sibling module
                 if candidate in modules and candidate != name:
                     targets.add(candidate)
         edges[name] = targets
@@ -120,3 +127,23 @@ def test_graph_sees_function_level_and_relative_imports(tmp_path):
     cycle = find_cycle(edges)
     assert cycle is not None and cycle[0] == cycle[-1] and {"features.low", "extract.sub.high"} <= set(cycle)
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_sibling_imports_inside_a_re_exporting_package(tmp_path):
+    """The checker: a package __init__ that re-exports its modules, whose modules import each other by their full
+    path, has no circle (Python runs the __init__ first); a module that imports a name from its own package's
+    __init__, which imports that module, is one."""
+    (tmp_path / "extract" / "pkg").mkdir(parents=True)
+    for pkg in ("features", "train_heads", "pipelines"):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / "extract" / "__init__.py").write_text("")
+    (tmp_path / "extract" / "pkg" / "__init__.py").write_text("from extract.pkg.a import f\nfrom extract.pkg.b import g\n")
+    (tmp_path / "extract" / "pkg" / "a.py").write_text("from extract.pkg.b import g\ndef f():\n    return g()\n")
+    (tmp_path / "extract" / "pkg" / "b.py").write_text("def g():\n    return 1\n")
+    edges = project_edges(module_files(tmp_path))
+    assert edges["extract.pkg.a"] == {"extract.pkg.b"}  # extract and extract.pkg are already initialising
+    assert find_cycle(edges) is None
+    (tmp_path / "extract" / "pkg" / "b.py").write_text("from extract.pkg import f\ndef g():\n    return 1\n")
+    cycle = find_cycle(project_edges(module_files(tmp_path)))
+    assert cycle is not None and "extract.pkg" in cycle

@@ -14,7 +14,6 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from features.devices import resolve_device
 from features.errors import UsageError
 from features.interrupt import Interrupted, StopFlag, current, stop_on_signals
 from train_heads.data import DeviceWindows, FeatureBank, SplitWindows, iterate_batches

@@ -257,8 +257,6 @@ def cosine_warmup_factor(step: int, *, warmup_steps: int, total_steps: int) -> f
 
 def export_backbone(model: "nn.Module", spec: BackboneSpec, out_dir: Path | str, *, extra: dict | None = None) -> Path:
     """Write `backbone.pt` (+ `heads.pt`, `backbone.json`) for `lta extract`; atomic per file. Returns the backbone path."""
-    import torch
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
