@@ -27,7 +27,7 @@ test-time LTA loader (EGO4D/forecasting 38d1931, pytorchvideo 0.1.5), reproduced
 Views: view 0 is the centred window; further views place the window at other deterministic
 positions (`view_positions`), optionally followed by their horizontal flips.
 
-Decode-once: `ClipDecoder` takes every frame index needed by all extractors and views of all rows of
+Decode-once: `decode_rows` takes every frame index needed by all extractors and views of all rows of
 a clip, reads the keyframe positions by demuxing (no decoding), and walks the needed frames in order,
 seeking forward to a keyframe only when that decodes fewer frames than continuing (+ a seek cost).
 Each frame is decoded at most once; frames are converted to RGB only when needed.
@@ -438,7 +438,7 @@ def decode_frames(path: Path | str, needed: Sequence[int], *, info: ClipInfo | N
                   seek_cost: int = SEEK_COST_FRAMES, track: bool = False) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame_idx, rgb uint8 (H, W, 3)) for each needed frame, ascending, each decoded once.
 
-    The generator's `stats` are returned via StopIteration.value; use `ClipDecoder` for the usual path.
+    The generator's `stats` are returned via StopIteration.value; `decode_rows` is the usual path (every window of a clip in one pass).
 
     Raises:
         DecodeError: a needed frame was never produced by the decoder (truncated or corrupt file).

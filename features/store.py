@@ -516,14 +516,6 @@ class LoadedFeatures:
         """Row index of each (clip_uid, action_idx), -1 where absent (vectorised)."""
         return self.rows.lookup(clip_uid, action_idx)
 
-    @property
-    def all_valid(self) -> np.ndarray:
-        """(R,) bool: rows valid in every key."""
-        out = np.ones(len(self.rows), dtype=bool)
-        for v in self.valid.values():
-            out &= v
-        return out
-
 
 def load_features(paths: Sequence[str | Path], *, splits: Sequence[str] | None = None) -> LoadedFeatures:
     """Load all rows of `splits` (all splits when None) of one or several stores into contiguous arrays.
