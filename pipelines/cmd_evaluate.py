@@ -29,6 +29,7 @@ class EvaluateConfig:
     store: str = opt("", "feature store root (default: the run's)")
     device: str = opt("auto", "device for the model: auto (cuda if available), cpu, cuda, cuda:N")
     seed: int = opt(0, "seed of the sampled sequences")
+    amp: Optional[bool] = opt(None, "bf16 autocast on CUDA; unset = the run's train.amp (false, fp32, for reference runs)")
     out: str = opt("", "metrics file to write (default <run>/metrics_<split>.json; its ED@z plot goes beside it)")
 
 
@@ -39,6 +40,7 @@ def _run(cfg: EvaluateConfig) -> int:
     from train_heads.generators import create_generators, list_generators
     from train_heads.inputs import load_bank, split_windows
     from train_heads.fingerprint import evaluation_fingerprint
+    from train_heads.protocol import extra_key_sets, key_set_label, reference_generator, run_amp
     from train_heads.run import checkpoint_path, load_run, run_roots
 
     device = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
@@ -67,12 +69,33 @@ def _run(cfg: EvaluateConfig) -> int:
         raise ValueError(f"split {cfg.split!r} has no labels ({ann.path}); evaluate needs a labelled split, use `lta predict`")
     train_set = TrainingSet(train_ann, train_win, bank, train_ann.taxonomy.num_verbs, train_ann.taxonomy.num_nouns)
     generators = create_generators(cfg.generators, temperature=cfg.temperature, mbr_samples=cfg.mbr_samples)
+    amp, amp_why = run_amp(run.cfg, cfg.amp)
+    log.info("precision: amp=%s (%s)", str(amp).lower(), amp_why)
     metrics = evaluate_split(run.model, train_set=train_set, windows=win, bank=bank, generators=generators,
                              baselines=cfg.baselines, k=run.num_sequences, seed=cfg.seed,
-                             device=cfg.device)
-    # the generator with the lowest action ED: `lta predict` uses it by default when this is the val split
-    metrics["selected_generator"] = min(cfg.generators, key=lambda g: (metrics[f"model.{g}.action_ed"],
-                                                                        cfg.generators.index(g)))
+                             device=cfg.device, amp=amp)
+    key_sets = {"": (run.num_seen, len(win))}
+    for label, num_seen in extra_key_sets(run.cfg, run.num_seen).items():  # the project's default set, labelled
+        _, other = split_windows(data, cfg.split, bank, num_input=head["num_input"], num_future=head["num_future"],
+                                 num_seen=num_seen, convention=run.convention)
+        if len(other):
+            scored = evaluate_split(run.model, train_set=train_set, windows=other, bank=bank, generators=generators,
+                                    baselines=[], k=run.num_sequences, seed=cfg.seed, device=cfg.device, amp=amp)
+            metrics.update({f"{label}.{name}": value for name, value in scored.items() if name.startswith("model.")})
+        metrics[f"{label}.num_windows"] = len(other)
+        key_sets[label] = (num_seen, len(other))
+    metrics["key_sets"] = {label or "main": key_set_label(run.cfg, n, head["num_input"], run.convention)
+                           for label, (n, _) in key_sets.items()}
+    # `lta predict` uses, by default, a reference run's reference generator, else the lowest val action ED
+    reference = reference_generator(run.cfg)
+    if reference is not None:
+        metrics["selected_generator"], metrics["selected_generator_reason"] = reference
+    else:
+        metrics["selected_generator"] = min(cfg.generators, key=lambda g: (metrics[f"model.{g}.action_ed"],
+                                                                            cfg.generators.index(g)))
+        metrics["selected_generator_reason"] = "lowest val action ED" if cfg.split == "val" else \
+            f"lowest {cfg.split} action ED"
+    metrics.update({"amp": amp, "amp_reason": amp_why})
     metrics.update({"run": str(run.run_dir), "split": cfg.split, "checkpoint": cfg.checkpoint,
                     "cache_keys": run.cache_keys, "fingerprint": fingerprint})
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / f"metrics_{cfg.split}.json"
@@ -82,10 +105,21 @@ def _run(cfg: EvaluateConfig) -> int:
     os.replace(tmp, out)
     plot = out.with_suffix(".png") if cfg.out else Path(cfg.run) / f"ed_curve_{cfg.split}.png"
     plot_ed_curves(metrics, str(plot), title=f"{run.run_dir.name} on {cfg.split}")
-    rows = sorted((v, k[: -len(".action_ed")]) for k, v in metrics.items() if k.endswith(".action_ed"))
+    labels = [label for label in key_sets if label]
+    rows = sorted((v, k[: -len(".action_ed")]) for k, v in metrics.items()
+                  if k.endswith(".action_ed") and k.split(".", 1)[0] not in labels)
+    print(f"keys: {metrics['key_sets']['main']}")
     print(f"{'method':<28} {'verb ED':>8} {'noun ED':>8} {'action ED':>9}  ({cfg.split}, {len(win)} windows)")
     for action, name in rows:
         print(f"{name:<28} {metrics[name + '.verb_ed']:>8.4f} {metrics[name + '.noun_ed']:>8.4f} {action:>9.4f}")
+    for label in labels:  # the same model on another key set, side by side with the rows above
+        print(f"keys [{label}]: {metrics['key_sets'][label]}, {key_sets[label][1]} windows")
+        for g in cfg.generators if key_sets[label][1] else []:
+            name = f"{label}.model.{g}"
+            print(f"{name:<28} {metrics[name + '.verb_ed']:>8.4f} {metrics[name + '.noun_ed']:>8.4f} "
+                  f"{metrics[name + '.action_ed']:>9.4f}")
+    print(f"predict default: generator {metrics['selected_generator']} ({metrics['selected_generator_reason']}); "
+          f"amp={str(amp).lower()} ({amp_why})")
     print(f"wrote {out}")
     return 0
 

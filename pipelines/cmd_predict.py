@@ -25,7 +25,8 @@ class PredictConfig:
     split: str = opt("test", "split to predict (any split)")
     out: str = opt("outputs.json", "challenge file to write")
     checkpoint: str = opt("best", "checkpoint name in <run>/checkpoints")
-    generator: str = opt("", "generation strategy; empty = the one the run selected on val (lowest action ED in "
+    generator: str = opt("", "generation strategy; empty = a reference run's reference procedure (sample: K "
+                             "independent draws at T=1), else the one the run selected on val (lowest action ED in "
                              "<run>/metrics_val.json from `lta evaluate`, else the run's train.val_generator)")
     temperature: Optional[float] = opt(None, "sampling temperature of every generator; unset = each one's own (1.0 for sample, greedy+sample, mbr, mbr_set, beam_search: the reference's; 0.4 for pair_sample)")
     mbr_samples: int = opt(64, "draws per window for the mbr generators")
@@ -33,6 +34,7 @@ class PredictConfig:
     store: str = opt("", "feature store root (default: the run's)")
     device: str = opt("auto", "device for the model: auto (cuda if available), cpu, cuda, cuda:N")
     seed: int = opt(0, "seed of the sampled sequences")
+    amp: Optional[bool] = opt(None, "bf16 autocast on CUDA; unset = the run's train.amp (false, fp32, for reference runs)")
 
 
 def _run(cfg: PredictConfig) -> int:
@@ -47,6 +49,7 @@ def _run(cfg: PredictConfig) -> int:
     from train_heads.evaluate import forecast_split
     from train_heads.generators import create_generators
     from train_heads.inputs import load_bank, split_windows
+    from train_heads.protocol import key_set_label, run_amp
     from train_heads.run import load_run, run_roots
 
     from pipelines.checks import check_registry
@@ -58,6 +61,7 @@ def _run(cfg: PredictConfig) -> int:
     check_registry("generator", generator, GENERATORS)
     log.info("generator %s (%s)", generator, why)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
+    amp, amp_why = run_amp(run.cfg, cfg.amp)
     head = run.cfg["head"]
     try:
         data, store = run_roots(run, data=cfg.data, store=cfg.store)
@@ -72,7 +76,8 @@ def _run(cfg: PredictConfig) -> int:
     _, win = split_windows(data, cfg.split, bank, num_input=head["num_input"], num_future=z, num_seen=num_seen,
                            convention=convention)
     fc = forecast_split(run.model, DeviceWindows(win, cfg.device), bank.to(cfg.device),
-                        generators=create_generators([generator], temperature=cfg.temperature, mbr_samples=cfg.mbr_samples), k=k, seed=cfg.seed)
+                        generators=create_generators([generator], temperature=cfg.temperature, mbr_samples=cfg.mbr_samples), k=k, seed=cfg.seed,
+                        amp=amp)
     verb, noun = fc.sequences[generator]
     predicted = dict(zip(win.keys, range(len(win))))
     fallback = [key for key in expected if key not in predicted]
@@ -91,19 +96,25 @@ def _run(cfg: PredictConfig) -> int:
     Path(str(cfg.out) + ".fallback.json").write_text(json.dumps(
         {"fallback": "frequency_prior", "reason": "observed segments without cached features", "keys": fallback}, indent=1) + "\n")
     print(f"wrote {cfg.out}: {len(expected)} keys ({len(expected) - len(fallback)} from the model, "
-          f"{len(fallback)} frequency-prior fallback), generator {generator} ({why})")
+          f"{len(fallback)} frequency-prior fallback), generator {generator} ({why}); keys "
+          f"{key_set_label(run.cfg, num_seen, head['num_input'], convention)}; amp={str(amp).lower()} ({amp_why})")
     return 0
 
 
 def selected_generator(run_dir: str, checkpoint: str) -> tuple[str, str]:
-    """(generator, why) the run selected on val: the lowest val action ED that `lta evaluate split=val` recorded
-    for this checkpoint in `<run>/metrics_val.json`, else the generator training validated with.
+    """(generator, why) of a run: a reference run's is the reference's (`train_heads.protocol.reference_generator`);
+    the project's own runs use the one selected on val: the lowest val action ED that `lta evaluate split=val`
+    recorded for this checkpoint in `<run>/metrics_val.json`, else the generator training validated with.
 
     "This checkpoint" is its bytes: the sha256 in the evaluation's fingerprint must be the checkpoint file's, so a
     selection made before the run was retrained or resumed is not used."""
     from train_heads.fingerprint import file_sha256
+    from train_heads.protocol import reference_generator
     from train_heads.run import checkpoint_path, read_run_config
 
+    reference = reference_generator(read_run_config(run_dir))
+    if reference is not None:
+        return reference
     path = Path(run_dir) / "metrics_val.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     name = metrics.get("selected_generator")

@@ -26,7 +26,7 @@ class ReportConfig:
     keys: list[str] = opt([], "window keys (<clip_uid>_<action_idx>) to show instead of drawn ones")
     seed: int = opt(0, "seed of the window draw and of the sampled sequences (same as lta predict)")
     checkpoint: str = opt("best", "checkpoint name in <run>/checkpoints")
-    generator: str = opt("", "generation strategy of the shown sequences; empty = the one the run selected on val (as lta predict)")
+    generator: str = opt("", "generation strategy of the shown sequences; empty = as lta predict (a reference run's reference procedure, else the one selected on val)")
     generators: list[str] = opt(list(EvaluateConfig().generators),
                                 "generators of the ED table (as lta evaluate's; the shown one is added)")
     baselines: list[str] = opt(list(EvaluateConfig().baselines), "baselines of the ED table (as lta evaluate's)")
@@ -36,6 +36,7 @@ class ReportConfig:
     data: str = opt("", "dataset root (default: the run's)")
     store: str = opt("", "feature store root (default: the run's)")
     device: str = opt("auto", "device for the model: auto (cuda if available), cpu, cuda, cuda:N")
+    amp: Optional[bool] = opt(None, "bf16 autocast on CUDA; unset = the run's train.amp (false, fp32, for reference runs)")
 
 
 def _table_settings(cfg: ReportConfig) -> tuple[list[str], list[str]]:
@@ -78,7 +79,7 @@ def _split_metrics(cfg: ReportConfig, run: Any, data: str) -> dict:
 
     argv = [f"run={cfg.run}", f"split={cfg.split}", f"checkpoint={cfg.checkpoint}", f"device={cfg.device}",
             f"seed={cfg.seed}", *([f"temperature={cfg.temperature}"] if cfg.temperature is not None else []),
-            f"mbr_samples={cfg.mbr_samples}",
+            f"mbr_samples={cfg.mbr_samples}", *([f"amp={str(cfg.amp).lower()}"] if cfg.amp is not None else []),
             f"generators=[{','.join(generators)}]", f"baselines=[{','.join(baselines)}]", f"out={own}",
             *([f"data={cfg.data}"] if cfg.data else []), *([f"store={cfg.store}"] if cfg.store else [])]
     log.info("report: evaluating checkpoint %r for the ED table (lta evaluate %s)", cfg.checkpoint, " ".join(argv))
@@ -177,6 +178,7 @@ def _run(cfg: ReportConfig) -> int:
     from train_heads.report import ReportHeader, Segment, WindowReport, render_report
     from features.version import code_version
     from train_heads.fingerprint import file_sha256
+    from train_heads.protocol import run_amp
     from train_heads.run import checkpoint_path, load_run, run_roots
 
     if cfg.windows < 0 or cfg.thumb_width < 16:
@@ -190,6 +192,8 @@ def _run(cfg: ReportConfig) -> int:
         cfg.generator, why = selected_generator(cfg.run, cfg.checkpoint)
         log.info("generator %s (%s)", cfg.generator, why)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
+    amp, amp_why = run_amp(run.cfg, cfg.amp)
+    log.info("precision: amp=%s (%s)", str(amp).lower(), amp_why)
     head = run.cfg["head"]
     try:
         data, store = run_roots(run, data=cfg.data, store=cfg.store)
@@ -204,7 +208,8 @@ def _run(cfg: ReportConfig) -> int:
     _, win = split_windows(data, cfg.split, bank, num_input=n_in, num_future=z, num_seen=num_seen, convention=convention)
     # the whole split, so the shown sequences are the ones `lta predict` writes with the same generator and seed
     fc = forecast_split(run.model, DeviceWindows(win, cfg.device), bank.to(cfg.device),
-                        generators=create_generators([cfg.generator], temperature=cfg.temperature, mbr_samples=cfg.mbr_samples), k=k, seed=cfg.seed)
+                        generators=create_generators([cfg.generator], temperature=cfg.temperature, mbr_samples=cfg.mbr_samples), k=k, seed=cfg.seed,
+                        amp=amp)
     verb, noun = fc.sequences[cfg.generator]  # (W, K, Z)
     chosen = _pick(win.keys, cfg)
     seq_ed = sequence_edit_distances(verb[chosen], noun[chosen], win.future_verb[chosen], win.future_noun[chosen],

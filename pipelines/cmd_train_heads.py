@@ -19,6 +19,8 @@ class TrainHeadsConfig:
     store: str = opt("cache/features", "feature store root (<root>/<key>.zarr)")
     features: list[str] = opt([], "cache keys, one per head.modalities entry; empty = match by modality name")
     out: str = opt("runs/head", "run dir to write")
+    reference: str = opt("", "what this config reproduces (set by the reference configs); set = evaluate / predict / "
+                             "report follow the reference's procedure by default (train_heads/protocol.py)")
     num_seen: int = opt(8, "observed segments defining the val/test key set (challenge: 8); >= head.num_input")
     convention: str = opt("plus_one", "val/test window range: plus_one (superset) or challenge")
     max_val_windows: int = opt(0, "score per-epoch val on a random subset (0 = all)")
