@@ -43,7 +43,7 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
     from train_heads.aggregators import AGGREGATORS
     from train_heads.decoders import DECODERS
     from train_heads.generators import GENERATORS
-    from train_heads.model import NORMALIZERS
+    from train_heads.model import NORMALIZERS, PROJECTION_INITS
     from train_heads.schemas import OPTIMIZERS, SELECT_METRICS
 
     if paths:
@@ -59,6 +59,7 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
     for i, m in enumerate(h.modalities):
         check_choice(f"head.modalities.{i}.normalize", m.normalize, list(NORMALIZERS), "normalize mode")
         check_choice(f"head.modalities.{i}.frame_pool", m.frame_pool, ["mean", "attention"], "frame pooling")
+        check_choice(f"head.modalities.{i}.proj_init", m.proj_init, list(PROJECTION_INITS), "projection init")
     check_choice("train.optimizer", t.optimizer, list(OPTIMIZERS), "optimizer")
     check_choice("train.select_metric", t.select_metric, list(SELECT_METRICS), "select metric")
     check_registry("train.val_generator", t.val_generator, GENERATORS)

@@ -25,13 +25,36 @@ from train_heads.decoders import create_decoder, is_autoregressive
 from train_heads.schemas import ModalityConfig, ModelConfig  # noqa: E402,F401 - torch-free schemas, re-exported
 
 
-class InputProjection(nn.Module):
-    """Dropout then Linear(in_dim -> out_dim), like the reference's backbone head; identity when out_dim is 0."""
+def _init_normal_001(linear: nn.Linear) -> None:
+    """N(0, 0.01) weight, zero bias: the reference SlowFast's Linear layers (weight_init_helper.init_weights)."""
+    nn.init.normal_(linear.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(linear.bias)
 
-    def __init__(self, *, in_dim: int, out_dim: int, dropout: float = 0.5):
+
+def _init_trunc_normal_002(linear: nn.Linear) -> None:
+    """trunc_normal(std 0.02) weight, zero bias: the reference MViT's Linear layers (MViT._init_weights)."""
+    nn.init.trunc_normal_(linear.weight, std=0.02)
+    nn.init.zeros_(linear.bias)
+
+
+# name -> in-place init of the projection's nn.Linear ("pytorch": keep nn.Linear's own)
+PROJECTION_INITS = {"pytorch": lambda linear: None, "normal_0.01": _init_normal_001,
+                    "trunc_normal_0.02": _init_trunc_normal_002}
+
+
+class InputProjection(nn.Module):
+    """Dropout then Linear(in_dim -> out_dim), like the reference's backbone head; identity when out_dim is 0.
+
+    `init` names the Linear's initialisation (`PROJECTION_INITS`)."""
+
+    def __init__(self, *, in_dim: int, out_dim: int, dropout: float = 0.5, init: str = "pytorch"):
         super().__init__()
+        if init not in PROJECTION_INITS:
+            raise ValueError(f"unknown proj_init {init!r}; available: {list(PROJECTION_INITS)}")
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(in_dim, out_dim) if out_dim else nn.Identity()
+        if out_dim:
+            PROJECTION_INITS[init](self.proj)
         self.out_dim = out_dim or in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,9 +119,9 @@ class AttentionPool(nn.Module):
     Linear + dropout with a residual on the query.
     """
 
-    def __init__(self, *, dim: int, heads: int = 4, depth: int = 3, dropout: float = 0.2):
+    def __init__(self, *, dim: int, heads: int = 4, depth: int = 3, dropout: float = 0.2, query_std: float = 0.02):
         super().__init__()
-        self.query = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.query = nn.Parameter(torch.randn(1, 1, dim) * query_std)
         self.attn = nn.ModuleList(nn.MultiheadAttention(dim, heads, batch_first=True) for _ in range(depth))
         self.ffn = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout)) for _ in range(depth))
 
@@ -140,12 +163,13 @@ class ForecastModel(nn.Module):
                 self.norms[m.name] = FeatureNorm(dim=m.in_dim, mode=m.normalize)
             if m.frames:
                 if m.frame_pool == "attention":
-                    self.frame_pools[m.name] = AttentionPool(dim=m.in_dim)
+                    self.frame_pools[m.name] = AttentionPool(dim=m.in_dim, query_std=m.query_init_std)
                 elif m.frame_pool == "mean":
                     self.frame_pools[m.name] = MeanFramePool()
                 else:
                     raise ValueError(f"modality {m.name!r}: unknown frame_pool {m.frame_pool!r}; available: ['attention', 'mean']")
-            self.inputs[m.name] = InputProjection(in_dim=m.in_dim, out_dim=m.proj_dim, dropout=m.dropout)
+            self.inputs[m.name] = InputProjection(in_dim=m.in_dim, out_dim=m.proj_dim, dropout=m.dropout,
+                                                  init=m.proj_init)
         fused_dim = sum(p.out_dim for p in self.inputs.values())
         self.aggregator = create_aggregator(aggregator, dim=fused_dim, num_input=num_input, **aggregator_kwargs)
         self.decoder = create_decoder(decoder, dim_in=self.aggregator.out_dim, token_dim=self.aggregator.token_dim,

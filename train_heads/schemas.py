@@ -25,6 +25,9 @@ class ModalityConfig:
     dropout: float = _opt(0.5, "dropout before the projection (reference backbone head: 0.5)")
     frame_pool: str = _opt("mean", "per-frame features (F, D): mean or attention")
     normalize: str = _opt("none", "input scaling: none (reference), standardize (train-split z-score), l2")
+    proj_init: str = _opt("pytorch", "init of the input projection: pytorch (nn.Linear's default), normal_0.01 "
+                                     "(the reference SlowFast head), trunc_normal_0.02 (the reference MViT head)")
+    query_init_std: float = _opt(0.02, "std of the attention pool's query token at init (Das & Ryoo: 1.0, randn)")
     in_dim: int = _opt(0, "feature dim D, filled from the store at train time")
     frames: int = _opt(0, "frames F for per-frame features (0 = one vector per segment), filled from the store")
 
