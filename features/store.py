@@ -511,6 +511,7 @@ class LoadedFeatures:
     windows_sec: dict[str, np.ndarray] = field(default_factory=dict)
     missing: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
     slots: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # key -> FeatureStore.slots ([] = none)
+    flips: dict[str, list[bool]] = field(default_factory=dict)  # key -> flip flag per temporal view (spec "views")
 
     def lookup(self, clip_uid: np.ndarray, action_idx: np.ndarray) -> np.ndarray:
         """Row index of each (clip_uid, action_idx), -1 where absent (vectorised)."""
@@ -558,6 +559,7 @@ def load_features(paths: Sequence[str | Path], *, splits: Sequence[str] | None =
         out.keys.append(store.key)
         out.arrays[store.key], out.windows_sec[store.key], out.valid[store.key] = feats, wins, valid
         out.slots[store.key] = list(store.slots)
+        out.flips[store.key] = [bool(v[1]) for v in store.spec.get("views", [])]  # [] = no view is flipped
         n_missing = int((~valid).sum())
         if n_missing:
             examples = rows.keys(np.flatnonzero(~valid)[:5])

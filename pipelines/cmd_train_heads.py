@@ -44,7 +44,7 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
     from train_heads.decoders import DECODERS
     from train_heads.generators import GENERATORS
     from train_heads.model import NORMALIZERS, PROJECTION_INITS
-    from train_heads.schemas import OPTIMIZERS, SELECT_METRICS
+    from train_heads.schemas import OPTIMIZERS, SELECT_METRICS, VIEW_DRAWS
 
     if paths:
         check_data_root("data", cfg.data, ["train", "val"])
@@ -62,6 +62,9 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
         check_choice(f"head.modalities.{i}.proj_init", m.proj_init, list(PROJECTION_INITS), "projection init")
     check_choice("train.optimizer", t.optimizer, list(OPTIMIZERS), "optimizer")
     check_choice("train.select_metric", t.select_metric, list(SELECT_METRICS), "select metric")
+    check_choice("train.view_draw", t.view_draw, list(VIEW_DRAWS), "view draw")
+    if not 0.0 <= t.flip_prob <= 1.0:
+        raise UsageError(f"train.flip_prob={t.flip_prob}: a probability, in [0, 1]")
     check_registry("train.val_generator", t.val_generator, GENERATORS)
     if getattr(GENERATORS.get(t.val_generator), "requires_autoregressive", False) and \
             not getattr(DECODERS.get(h.decoder), "autoregressive", False):

@@ -33,6 +33,7 @@ class FeatureBank:
     rows: Any  # RowTable-like: lookup(clip_uid, action_idx) -> (n,) row or -1
     cache_keys: dict[str, str] = field(default_factory=dict)  # modality -> cache key
     slots: dict[str, list] = field(default_factory=dict)  # modality -> [(N_in, slot), ...] variants per view ([]: none)
+    flips: dict[str, list] = field(default_factory=dict)  # modality -> flip flag per temporal view ([]: none flipped)
     _tables: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -43,7 +44,9 @@ class FeatureBank:
             valid &= loaded.valid[key]
         arrays = {m: loaded.arrays[k] for m, k in modality_keys.items()}
         slots = {m: list(getattr(loaded, "slots", {}).get(k, [])) for m, k in modality_keys.items()}
-        return cls(arrays=arrays, valid=valid, rows=loaded.rows, cache_keys=dict(modality_keys), slots=slots)
+        flips = {m: list(getattr(loaded, "flips", {}).get(k, [])) for m, k in modality_keys.items()}
+        return cls(arrays=arrays, valid=valid, rows=loaded.rows, cache_keys=dict(modality_keys), slots=slots,
+                   flips=flips)
 
     @property
     def modalities(self) -> list[str]:
@@ -80,15 +83,46 @@ class FeatureBank:
         for m, a in self.arrays.items():
             t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
             arrays[m] = t.to(device)
-        return FeatureBank(arrays=arrays, valid=self.valid, rows=self.rows, cache_keys=self.cache_keys, slots=self.slots)
+        return FeatureBank(arrays=arrays, valid=self.valid, rows=self.rows, cache_keys=self.cache_keys, slots=self.slots,
+                           flips=self.flips)
 
-    def gather(self, rows: torch.Tensor, *, train: bool, rng: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """rows (B, N_in) -> modality -> (B, N_in, *view_shape) float32; a random temporal view each in
-        training, else view 0; position j reads slot j's variant of slot-dependent stores."""
+    def view_flips(self, modality: str) -> np.ndarray:
+        """(V_temporal,) bool: which temporal views of `modality` are horizontally flipped."""
+        flags = np.zeros(self.num_views(modality), dtype=bool)
+        given = np.asarray(self.flips.get(modality, []), dtype=bool)
+        flags[:len(given)] = given[:len(flags)]
+        return flags
+
+    def _window_views(self, modality: str, u: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+        """(B, N_in) temporal view of each position: among the views whose flip is the window's `flipped` (B, 1)
+        (any view when the store holds none of that kind), the one `u` (B, N_in) in [0, 1) picks."""
+        flags = torch.as_tensor(self.view_flips(modality))
+        pools = [torch.nonzero(flags == f).flatten() for f in (False, True)]
+        pools = [p if len(p) else torch.arange(len(flags)) for p in pools]
+        pick = [p[(u * len(p)).long().clamp_max(len(p) - 1)] for p in pools]
+        return torch.where(flipped.cpu(), pick[1], pick[0])
+
+    def gather(self, rows: torch.Tensor, *, train: bool, rng: torch.Generator | None = None,
+               window_flip_prob: float | None = None) -> dict[str, torch.Tensor]:
+        """rows (B, N_in) -> modality -> (B, N_in, *view_shape) float32; view 0 outside training; position j
+        reads slot j's variant of slot-dependent stores.
+
+        In training, `window_flip_prob` None: each position draws any cached temporal view (flipped or not)
+        uniformly, per modality. A probability: the reference's draw (one scale/crop/flip per window, shared by
+        its N_in clips, EGO4D/forecasting datasets/long_term_anticipation.py:236-243; a random start per input
+        segment, ptv_dataset_helper.py:327-333): the window is flipped with that probability, shared by its
+        positions and modalities, and each position draws its temporal view among the views of that flip."""
         out = {}
+        shared = None
+        if train and window_flip_prob is not None:
+            dev = rng.device if rng else "cpu"
+            flipped = torch.rand((rows.shape[0], 1), generator=rng, device=dev) < window_flip_prob  # (B, 1)
+            shared = (torch.rand(tuple(rows.shape), generator=rng, device=dev).cpu(), flipped)
         for m, a in self.arrays.items():
             table = self.view_table(m, int(rows.shape[1]))  # (V, N_in)
-            if train and table.shape[0] > 1:
+            if shared is not None:
+                views = self._window_views(m, *shared).to(rows.device)
+            elif train and table.shape[0] > 1:
                 views = torch.randint(0, table.shape[0], rows.shape, generator=rng, device=rng.device if rng else "cpu")
                 views = views.to(rows.device)
             else:
@@ -201,8 +235,10 @@ class DeviceWindows:
 
 
 def iterate_batches(data: DeviceWindows, bank: FeatureBank, *, batch_size: int, train: bool,
-                    rng: torch.Generator | None = None, drop_last: bool = False) -> Iterator[Batch]:
-    """Batches of windows: shuffled (with `rng`) with random views in training, in order with view 0 otherwise."""
+                    rng: torch.Generator | None = None, drop_last: bool = False,
+                    window_flip_prob: float | None = None) -> Iterator[Batch]:
+    """Batches of windows: shuffled (with `rng`) with random views in training (drawn as `FeatureBank.gather`
+    says for `window_flip_prob`), in order with view 0 otherwise."""
     n = len(data)
     if train:
         order = torch.randperm(n, generator=rng, device=rng.device if rng else "cpu").to(data.device)
@@ -213,7 +249,7 @@ def iterate_batches(data: DeviceWindows, bank: FeatureBank, *, batch_size: int, 
         idx = order[lo:lo + batch_size]
         rows = data.observed_rows[idx]  # (B, N_in)
         yield Batch(
-            inputs=bank.gather(rows, train=train, rng=rng),
+            inputs=bank.gather(rows, train=train, rng=rng, window_flip_prob=window_flip_prob),
             future_verb=data.future_verb[idx], future_noun=data.future_noun[idx],
             observed_verb=data.observed_verb[idx], observed_noun=data.observed_noun[idx],
             index=idx,

@@ -49,6 +49,7 @@ class ModelConfig:
 
 
 OPTIMIZERS = ("adam", "adamw")
+VIEW_DRAWS = ("segment", "window")
 SELECT_METRICS = ("action_ed", "verb_ed")
 
 
@@ -75,3 +76,8 @@ class TrainConfig:
     no_decay: str = _opt("norm", "parameters without weight decay: norm (LayerNorm/BatchNorm layers) or bn_name "
                                  "(names containing 'bn', the reference's rule)")
     drop_last: bool = _opt(False, "drop the last partial training batch (the reference's train loader does)")
+    view_draw: str = _opt("segment", "training views: segment (each observed segment draws any cached view, flips "
+                                     "included) or window (the reference's: one flip per window, shared by its N_in "
+                                     "segments, with probability train.flip_prob; temporal view per segment)")
+    flip_prob: float = _opt(0.5, "with view_draw=window: probability that a window is flipped (reference: 1.0, "
+                                 "RANDOM_FLIP=True used as the probability)")

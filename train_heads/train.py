@@ -36,7 +36,7 @@ from train_heads.run import (CONFIG_FILE, METRICS_FILE, checkpoint_path, holds_r
 log = logging.getLogger(__name__)
 
 
-from train_heads.schemas import TrainConfig  # noqa: E402,F401 - torch-free schema, re-exported
+from train_heads.schemas import VIEW_DRAWS, TrainConfig  # noqa: E402,F401 - torch-free schema, re-exported
 
 
 def _norm_layer_params(model: nn.Module) -> set[int]:
@@ -264,6 +264,24 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def view_draw_flip_prob(cfg: TrainConfig, bank: FeatureBank) -> float | None:
+    """`window_flip_prob` of `iterate_batches` for `cfg.view_draw` (None: per-segment views); logs what a window
+    draw cannot follow because a store holds no flipped (or no unflipped) views."""
+    if cfg.view_draw not in VIEW_DRAWS:
+        raise ValueError(f"unknown train.view_draw {cfg.view_draw!r}; available: {list(VIEW_DRAWS)}")
+    if cfg.view_draw == "segment":
+        return None
+    for m in bank.modalities:
+        flags = bank.view_flips(m)
+        if cfg.flip_prob > 0 and not flags.any():
+            log.warning("train.view_draw=window, flip_prob=%g: %s (%s) holds no flipped views, so no window is "
+                        "flipped (extract with flip_views=true for the reference's flips)", cfg.flip_prob, m,
+                        bank.cache_keys.get(m, "?"))
+        if cfg.flip_prob < 1 and flags.all():
+            log.warning("train.view_draw=window: %s holds only flipped views", m)
+    return float(cfg.flip_prob)
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindows, val_windows: SplitWindows,
           bank: FeatureBank, run_dir: str | Path, full_cfg: Any, resume: bool = False, overwrite: bool = False,
           stop_after_epochs: int | None = None, stop: StopFlag | None = None) -> dict[str, Any]:
@@ -346,6 +364,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
             epoch_loss, epoch_train_sec = ckpt["epoch_loss"].to(device), float(ckpt["epoch_train_sec"])
         log.info("resumed from %s at epoch %d, step %d (%d of the epoch's %d steps done)", checkpoint_path(run_dir, "last"),
                  state["epoch"], state["global_step"], state["step_in_epoch"], steps_per_epoch)
+    window_flip_prob = view_draw_flip_prob(cfg, bank)
     log.info("training %s: %d train / %d val windows, %d steps/epoch, %d epochs, %.2fM parameters, device %s",
              run_dir.name, len(train_data), len(val_data), steps_per_epoch, cfg.epochs,
              sum(p.numel() for p in model.parameters()) / 1e6, device)
@@ -386,7 +405,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
             step_bar = tqdm(total=steps_per_epoch, initial=done_before, unit="step", desc=f"epoch {state['epoch'] + 1}",
                             leave=False, disable=None, dynamic_ncols=True)
             for i, batch in enumerate(iterate_batches(train_data, bank, batch_size=cfg.batch_size, train=True, rng=data_rng,
-                                                        drop_last=cfg.drop_last)):
+                                                        drop_last=cfg.drop_last, window_flip_prob=window_flip_prob)):
                 if i < done_before:  # resumed mid-epoch: replay the epoch's draws up to where it stopped
                     continue
                 if stop.requested:
