@@ -1,9 +1,11 @@
 """Offline down-scaling of raw clips, `clips_hq/<uid>.mp4 -> clips/<uid>.mp4` (short side 320).
 
-The reference command (../shared/reference/ego4d_lta.md §2.1) plus a keyframe interval:
-    ffmpeg -y -i IN.mp4 -c:v libx264 -crf 28 -g K
+The reference command (../shared/reference/ego4d_lta.md §2.1, tools/long_term_anticipation/resize_clips.sh):
+    ffmpeg -y -i IN.mp4 -c:v libx264 -crf 28
            -vf "scale=320:320:force_original_aspect_ratio=increase,pad='iw+mod(iw,2)':'ih+mod(ih,2)'" -an OUT.mp4
-`-g K` bounds the GOP so a window can be reached by a cheap seek (decode.plan_decode).
+By default nothing is added to it (x264's own GOP, as the reference). `keyframe_interval=K` adds `-g K`, which
+bounds the GOP so a window can be reached by a cheap seek (decode.plan_decode), but changes the decoded pixels
+of most frames (bench/resize_gop.py on the e2e fixture footage), so features no longer match the reference's.
 
 Each clip is written to a temporary file in the output folder and renamed into place only after
 ffmpeg returned 0 and PyAV reads the result back with the expected size and frame count; an
@@ -36,8 +38,9 @@ class ResizeParams:
 
     short_side: int = 320
     crf: int = 28
-    keyframe_interval: int = 30  # -g: frames between keyframes (30 = 1 s at 30 fps)
+    keyframe_interval: int = 0  # -g: frames between keyframes; 0 = not set (x264's default, the reference command)
     preset: str = "medium"  # x264 default, as the reference
+    threads: int = 0  # x264 threads; 0 = not set (auto, as the reference: the bytes then depend on the CPU count)
 
 
 @dataclass
@@ -81,12 +84,14 @@ def resize_command(src: Path | str, dst: Path | str, params: ResizeParams, *, ex
 
     s = params.short_side
     retime = {"fps_mode": "cfr", "r": f"{constant_rate_fps:.6f}"} if constant_rate_fps else {}
+    gop = {"g": params.keyframe_interval} if params.keyframe_interval > 0 else {}  # 0: the reference's (none)
+    gop.update({"threads": params.threads} if params.threads > 0 else {})
     stream = (
         ffmpeg.input(str(src))
         .filter("scale", s, s, force_original_aspect_ratio="increase")
         .filter("pad", "iw+mod(iw,2)", "ih+mod(ih,2)")
-        .output(str(dst), vcodec="libx264", crf=params.crf, g=params.keyframe_interval, preset=params.preset,
-                pix_fmt="yuv420p", an=None, format="mp4", **retime)
+        .output(str(dst), vcodec="libx264", crf=params.crf, preset=params.preset,
+                pix_fmt="yuv420p", an=None, format="mp4", **gop, **retime)
     )
     # global options first: `-loglevel error` keeps stderr to real errors, which we capture and report
     return [exe or ffmpeg_exe(), "-nostdin", "-y", "-loglevel", "error", *ffmpeg.get_args(stream)]

@@ -21,8 +21,11 @@ class ResizeConfig:
     jobs: int = opt(2, "parallel ffmpeg processes (joblib) or number of shard jobs (local/slurm)")
     short_side: int = opt(320, "output short side in pixels (reference: 320)")
     crf: int = opt(28, "libx264 CRF (reference: 28)")
-    keyframe_interval: int = opt(30, "ffmpeg -g: frames between keyframes, bounds the cost of a seek")
+    keyframe_interval: int = opt(0, "ffmpeg -g K: frames between keyframes (cheaper seeks, but other pixels than "
+                                    "the reference's); 0 = not set, the reference command")
     preset: str = opt("medium", "libx264 preset (reference: the default, medium)")
+    threads: int = opt(0, "x264 threads; 0 = not set (auto, the reference command; bytes depend on the CPU count), "
+                          "1 = the same bytes on every machine")
     launcher: str = opt("none", "none (this process, `jobs` joblib workers) | local (submitit subprocesses) | slurm (submitit array)")
     slurm_partition: str = opt("", "SLURM partition (launcher=slurm)")
     slurm_cpus: int = opt(4, "CPUs per SLURM job")
@@ -58,7 +61,8 @@ def _resize(cfg: ResizeConfig, stop) -> int:
     from extract.failures import append_failures
     from extract.resize import ResizeParams, list_raw_clips, write_manifest
 
-    params = ResizeParams(short_side=cfg.short_side, crf=cfg.crf, keyframe_interval=cfg.keyframe_interval, preset=cfg.preset)
+    params = ResizeParams(short_side=cfg.short_side, crf=cfg.crf, keyframe_interval=cfg.keyframe_interval, preset=cfg.preset,
+                          threads=cfg.threads)
     data = check_dir("data", cfg.data, "dataset root")  # before anything runs: one line, exit 2
     uids = list_raw_clips(data)
     t0 = time.perf_counter()

@@ -18,6 +18,21 @@ def test_expected_size_short_side_and_even_padding():
     assert resize.expected_size(320, 320, 320) == (320, 320)
 
 
+def test_default_command_is_the_reference():
+    """EGO4D/forecasting@38d1931 tools/long_term_anticipation/resize_clips.sh:30-34:
+    ffmpeg -y -i IN -c:v libx264 -crf 28 -vf "scale=320:320:force_original_aspect_ratio=increase,
+    pad='iw+mod(iw,2)':'ih+mod(ih,2)'" -an OUT -- no -g, no -threads (bench/resize_gop.py: -g 30 changes the
+    decoded pixels of most frames of the e2e fixture footage)."""
+    cmd = resize.resize_command("in.mp4", "out.mp4", resize.ResizeParams(), exe="ffmpeg")
+    for a, b in [("-vcodec", "libx264"), ("-crf", "28"), ("-i", "in.mp4")]:
+        assert cmd[cmd.index(a) + 1] == b
+    assert "-an" in cmd and cmd[-1] == "out.mp4"
+    assert "-g" not in cmd and "-threads" not in cmd
+    assert "scale=320:320:force_original_aspect_ratio=increase" in " ".join(cmd)
+    one = resize.resize_command("in.mp4", "out.mp4", resize.ResizeParams(threads=1), exe="ffmpeg")
+    assert one[one.index("-threads") + 1] == "1"
+
+
 def test_command_is_the_reference_plus_keyframes():
     cmd = resize.resize_command("in.mp4", "out.mp4", resize.ResizeParams(keyframe_interval=15), exe="ffmpeg")
     assert cmd[0] == "ffmpeg" and "out.mp4" in cmd and "-y" in cmd
