@@ -42,6 +42,7 @@ REFERENCE = {
     "slowfast_concat": (2, 50, 64, 1e-4),
     "slowfast_transformer": (4, 50, 64, 1e-4),
     "mvit_concat": (2, 45, 512, 4e-2),
+    "mvit_concat_pretrained": (2, 45, 512, 4e-2),  # the same recipe on pretrained MViT features
     "video_clip": (4, 50, 64, 1e-4),
     "clip_only": (4, 50, 64, 1e-4),
 }

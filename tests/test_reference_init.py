@@ -27,7 +27,7 @@ FC_INIT_STD = 0.01  # R defaults.py:198
 MVIT_STD = 0.02  # R video_model_builder.py:818
 TRUNC_BOUND = 2.0  # torch.nn.init.trunc_normal_ defaults a=-2, b=2 (absolute), as R calls it
 QUERY_STD = 1.0  # D lta_models.py:233 torch.randn
-IN_DIM = {"slowfast": 2304, "mvit": 768, "clip": 512}  # backbone feature dims (reference §3.1, §3.2, §5.2)
+IN_DIM = {"slowfast": 2304, "mvit": 768, "mvit_b_16x4_random": 768, "clip": 512}  # backbone feature dims (reference §3.1, §3.2, §5.2)
 
 
 def _model(name: str, seed: int = 0):
@@ -55,7 +55,7 @@ def test_slowfast_projection_is_normal_001(name):
 
 
 def test_mvit_projection_is_trunc_normal_002():
-    proj = _model("mvit_concat").inputs["mvit"].proj
+    proj = _model("mvit_concat").inputs["mvit_b_16x4_random"].proj
     w = proj.weight.detach()
     assert w.shape == (768, 768)
     assert w.std().item() == pytest.approx(MVIT_STD, rel=0.02)

@@ -22,7 +22,7 @@ from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
-REFERENCE_N_IN = {"slowfast_concat": 2, "slowfast_transformer": 4, "mvit_concat": 2, "video_clip": 4, "clip_only": 4}
+REFERENCE_N_IN = {"slowfast_concat": 2, "slowfast_transformer": 4, "mvit_concat": 2, "mvit_concat_pretrained": 2, "video_clip": 4, "clip_only": 4}
 Z, K = 20, 5  # lta yamls NUM_ACTIONS_TO_PREDICT, defaults.py NUM_SEQUENCES_TO_PREDICT
 TINY = ["head.modalities.0.proj_dim=16", "train.epochs=2", "train.batch_size=16", "train.warmup_steps=2",
         "train.log_every=100", "device=cpu"]

@@ -34,7 +34,8 @@ def _draw(bank, p, n_in=4, batch=4000, seed=0):
     return {m: x[..., 0].long().numpy() for m, x in out.items()}  # (B, N_in) view index
 
 
-@pytest.mark.parametrize("name", ["slowfast_concat", "slowfast_transformer", "mvit_concat", "video_clip", "clip_only"])
+@pytest.mark.parametrize("name", ["slowfast_concat", "slowfast_transformer", "mvit_concat", "mvit_concat_pretrained",
+                                  "video_clip", "clip_only"])
 def test_reference_configs_draw_per_window(name):
     from pipelines.cmd_train_heads import TrainHeadsConfig
     from pipelines.config import parse_config

@@ -8,7 +8,7 @@ from extract.extractors.base import Extractor
 from extract.extractors.clip import ClipExtractor, DasRyooClipExtractor
 from extract.extractors.table import ENTRIES, PRECISIONS, ExtractorEntry
 from extract.extractors.video import (FINETUNE_ARCHS, CheckpointMViTExtractor, CheckpointSlowFastExtractor, MViTExtractor,
-                                      SlowFastExtractor, build_finetuned)
+                                      RandomMViTExtractor, SlowFastExtractor, build_finetuned)
 from features.devices import check_device
 
 # the table's `kind` -> the builder of that row: fn(entry, *, weights, device, crop_size, **entry.builder_kwargs)
@@ -17,6 +17,7 @@ BUILDERS: dict[str, Callable[..., Extractor]] = {
     "slowfast_ckpt": CheckpointSlowFastExtractor.build,
     "mvit": MViTExtractor.build,
     "mvit_ckpt": CheckpointMViTExtractor.build,
+    "mvit_random": RandomMViTExtractor.build,
     "clip": ClipExtractor.build,
     "clip_dasryoo": DasRyooClipExtractor.build,
 }

@@ -137,6 +137,11 @@ TABLE: tuple[ExtractorEntry, ...] = (
     _mvit("kinetics"),
     _mvit("ego4d"),
     _from_checkpoint("mvit_ckpt.ego4d", "mvit_ckpt", "MViT", "ego4d_mvit16x4.ckpt"),
+    ExtractorEntry(  # what the reference MViT-Concat trained on (pipelines/configs/mvit_concat.yaml)
+        name="mvit_b_16x4_random.seed0", kind="mvit_random", arch="mvit_b_16x4", num_frames=16, window_frames=16,
+        sampling_rate=4, short_side=VIDEO_SHORT_SIDE, crop_size=VIDEO_CROP, interpolation="bilinear", mean=VIDEO_MEAN,
+        std=VIDEO_STD, view_shape=(768,), default_weights="random (seed 0; no weights file accepted)",
+        about="MViT-B 16x4 with seeded random weights: the reference's run_lta.py loads no MViT weight into MViT-Concat"),
     _clip("clip_vit_b32.openai", "ViT-B-32", 512),
     _clip("clip_vit_b16.openai", "ViT-B-16", 512),
     _clip("clip_vit_l14.openai", "ViT-L-14", 768),

@@ -155,6 +155,20 @@ class MViTExtractor(VideoExtractor):
         return self.model(x)
 
 
+class RandomMViTExtractor(MViTExtractor):
+    """MViT-B 16x4 with random weights (seed RANDOM_SEED; pytorchvideo's ViT init, trunc_normal(0.02) Linear, as the
+    reference MViT._init_weights), frozen: what the reference MViT-Concat trained on, because scripts/run_lta.py:105-158
+    loads the recognition checkpoint into the LTA model under keys without `backbone.` with strict=False, so no weight
+    is loaded (tests/test_reference_mvit_loading.py)."""
+
+    @classmethod
+    def build(cls, entry: ExtractorEntry, *, weights: str, device: str, crop_size: int | None) -> "MViTExtractor":
+        if weights not in ("default", "random"):
+            raise ValueError(f"{entry.name} is randomly initialised by definition; weights={weights!r} is not accepted "
+                             "(use mvit_b_16x4.ego4d or mvit_ckpt.ego4d for checkpoint weights)")
+        return super().build(entry, weights="random", device=device, crop_size=crop_size)
+
+
 class CheckpointMViTExtractor(MViTExtractor):
     """The MViT a released Ego4D Lightning checkpoint describes in its own config (any width and depth), with its
     weights: `mvit_ckpt.ego4d` + `weights=PATH/ego4d_mvit16x4.ckpt` (the MViT twin of `slowfast_ckpt.ego4d`)."""
