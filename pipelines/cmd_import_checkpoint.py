@@ -37,7 +37,8 @@ class ImportCheckpointConfig:
     allow_foreign_features: bool = opt(False, "accept a store extracted with other weights than this checkpoint's backbone")
     num_input: int = opt(0, "observed segments N_in of the head (0: the checkpoint's FORECASTING.NUM_INPUT_CLIPS; "
                             "the transformer head takes any, concat only its own)")
-    num_seen: int = opt(8, "observed segments defining the val/test key set, as train-heads (challenge: 8)")
+    num_seen: int = opt(0, "observed segments defining the val/test key set; 0 = N_in, the reference's (every window "
+                           "with N_in observed segments, ptv_dataset_helper.py:449); 8 = the challenge's")
     convention: str = opt("plus_one", "val/test window range, as train-heads: plus_one (superset) or challenge")
 
 
@@ -124,8 +125,11 @@ def _run(cfg: ImportCheckpointConfig) -> int:
         "imported_from": {"ckpt": str(ckpt_path.resolve()), "config": describe(ckpt)},
         "store": str(Path(cfg.store).resolve()),  # absolute: the run dir works from any directory
         "data": str(Path(cfg.data).resolve()) if cfg.data else "",  # "" (not given): evaluate / predict then need data=DIR
-        "num_seen": cfg.num_seen,  # the key set of trained runs (Run.num_seen), not N_in
+        "num_seen": cfg.num_seen,  # Run.num_seen = max(num_seen, N_in): 0 -> the reference's N_in key set
         "convention": cfg.convention,
+        # a released reference model: evaluate / predict / report follow the reference (train_heads/protocol.py)
+        "reference": f"released EGO4D/forecasting checkpoint {ckpt_path.name}",
+        "train": {"amp": False},  # the reference trains and tests in fp32 (scripts/run_lta.py sets no precision)
     }
     path = save_run(cfg.out, model, full_cfg, {info.modality: cache_key},
                     metrics={"imported_from": str(ckpt_path.resolve())}, extra_state={"epoch": ckpt.meta.get("epoch")})

@@ -108,7 +108,9 @@ def test_imported_head_reproduces_the_reference_logits(e2e, own_store):
         assert cmd_import_checkpoint.main(argv) == 0
         run = load_run(out)
         assert run.cache_keys == {"slowfast": key}
-        assert (run.num_seen, run.convention) == (8, "plus_one")  # like trained runs, not N_in
+        # the reference's key set: every window with N_in observed segments (ptv_dataset_helper.py:449-451)
+        assert (run.num_seen, run.convention) == (n_in, "plus_one")
+        assert run.cfg["reference"] and run.cfg["train"]["amp"] is False
         listed = _listed(e2e, pipeline)
         for wkey, ref in by_key.items():
             with torch.no_grad():

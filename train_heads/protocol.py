@@ -44,10 +44,10 @@ def run_amp(cfg: dict, given: Optional[bool] = None) -> tuple[bool, str]:
     """(amp, why): bf16 autocast on CUDA or not, for a command using this run's checkpoint.
 
     `given` (the command's `amp=`) wins; else the run's own training precision `train.amp` (a run whose config
-    records none trained with the schema default, true)."""
+    records none: fp32 for a reference run, else the schema default, true)."""
     if given is not None:
         return bool(given), f"given as amp={str(bool(given)).lower()}"
-    amp = bool((cfg.get("train") or {}).get("amp", True))
+    amp = bool((cfg.get("train") or {}).get("amp", not reference_of(cfg)))
     return amp, f"the run's train.amp={str(amp).lower()} ({'bf16 autocast on CUDA' if amp else 'fp32'})"
 
 
