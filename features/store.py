@@ -559,7 +559,8 @@ def load_features(paths: Sequence[str | Path], *, splits: Sequence[str] | None =
         out.keys.append(store.key)
         out.arrays[store.key], out.windows_sec[store.key], out.valid[store.key] = feats, wins, valid
         out.slots[store.key] = list(store.slots)
-        out.flips[store.key] = [bool(v[1]) for v in store.spec.get("views", [])]  # [] = no view is flipped
+        views = store.spec.get("views")  # extracted stores: [[position, flip], ...] per temporal view
+        out.flips[store.key] = [bool(v[1]) for v in views] if isinstance(views, list) else []  # []: none flipped
         n_missing = int((~valid).sum())
         if n_missing:
             examples = rows.keys(np.flatnonzero(~valid)[:5])
