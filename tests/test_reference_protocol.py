@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import cmd_evaluate, cmd_predict, cmd_train_heads
+from pipelines import cmd_evaluate, cmd_predict, cmd_report, cmd_train_heads
 from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
 torch.set_num_threads(1)
@@ -147,6 +147,12 @@ def test_train_evaluate_predict_follow_the_reference(reference_run, tmp_path, ca
     np.testing.assert_array_equal(verb, fc.sequences["sample"][0])
     np.testing.assert_array_equal(noun, fc.sequences["sample"][1])
     assert not np.array_equal(verb, fc.sequences["greedy+sample"][0])
+    # lta report shows the sequences predict writes (the reference generator) and the run's own key set only
+    html = tmp_path / "report.html"
+    assert cmd_report.main([f"run={run}", "split=val", f"out={html}", "device=cpu", "windows=1",
+                            "baselines=[frequency_prior]"]) == 0
+    page = html.read_text()
+    assert "generator sample" in page and "keyset_num_seen8" not in page
 
 
 def test_precision_is_passed_through(reference_run, tmp_path, monkeypatch):

@@ -144,7 +144,9 @@ def short_name(name: str) -> str:
 def report_methods(metrics: dict[str, Any]) -> list[str]:
     """Methods scored in `metrics` (`<method>.action_ed`): the model's generators first, then baselines, then oracles."""
     oracles = set(oracle_methods(metrics))
-    names = [k[: -len(".action_ed")] for k in metrics if k.endswith(".action_ed")]
+    other_key_sets = set(metrics.get("key_sets", {})) - {"main"}  # evaluate's side-by-side sets (not this table's keys)
+    names = [k[: -len(".action_ed")] for k in metrics
+             if k.endswith(".action_ed") and k.split(".", 1)[0] not in other_key_sets]
     return sorted(names, key=lambda n: (n in oracles, not n.startswith("model."), n))
 
 
