@@ -89,8 +89,13 @@ def holdout_split(train: list[str], every: int, out: Path) -> tuple[list[str], l
     return files[0], files[1]
 
 
-def write_recogniser_store(data_dir: Path, root: Path, *, p_verb: float, p_noun: float, noise: float, seed: int) -> str:
-    """One store of simulated-recogniser features for every train and val segment; returns its cache key."""
+def write_recogniser_store(data_dir: Path, root: Path, *, p_verb: float, p_noun: float, noise: float, seed: int,
+                           views: int = 1) -> str:
+    """One store of simulated-recogniser features for every train and val segment; returns its cache key.
+
+    With `views` > 1, views 1.. are further independent recognitions of each segment (as other crops / window
+    positions would give; training draws one per segment and step, val reads view 0, which is the same as with
+    `views` = 1)."""
     from features.annotations import load_split
     from features.store import FeatureStore, RowTable, cache_key, store_path
 
@@ -107,12 +112,23 @@ def write_recogniser_store(data_dir: Path, root: Path, *, p_verb: float, p_noun:
     feats = rng.normal(0.0, noise, size=(len(rows), 1, dim)).astype(np.float32)
     feats[np.arange(len(rows)), 0, rec_v] += 1.0
     feats[np.arange(len(rows)), 0, tax.num_verbs + rec_n] += 1.0
+    extra = []
+    for _ in range(views - 1):
+        ev = np.where(rng.random(len(rows)) < p_verb, verb, rng.choice(tax.num_verbs, size=len(rows), p=vf))
+        en = np.where(rng.random(len(rows)) < p_noun, noun, rng.choice(tax.num_nouns, size=len(rows), p=nf))
+        f = rng.normal(0.0, noise, size=(len(rows), 1, dim)).astype(np.float32)
+        f[np.arange(len(rows)), 0, ev] += 1.0
+        f[np.arange(len(rows)), 0, tax.num_verbs + en] += 1.0
+        extra.append(f)
+    feats = np.concatenate([feats, *extra], axis=1) if extra else feats
     name = "simulated_recogniser"
     spec = {"simulated": True, "p_verb": p_verb, "p_noun": p_noun, "noise": noise, "seed": seed, "data": str(data_dir)}
+    if views > 1:
+        spec["num_views"] = views
     key = cache_key(name, spec)
-    store = FeatureStore.create(store_path(root, key), name=name, spec=spec, rows=rows, view_shape=(dim,), num_views=1,
-                                chunk_rows=4096, fsync=False)
-    windows = np.stack([rows.start_sec, rows.end_sec], axis=1)[:, None, :]
+    store = FeatureStore.create(store_path(root, key), name=name, spec=spec, rows=rows, view_shape=(dim,),
+                                num_views=views, chunk_rows=4096, fsync=False)
+    windows = np.stack([rows.start_sec, rows.end_sec], axis=1)[:, None, :].repeat(views, 1)
     store.write(0, feats, windows)
     store.close()
     log.info("recogniser store %s: %d rows, verb acc %.3f, noun acc %.3f", key, len(rows), (rec_v == verb).mean(),
@@ -279,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="", help="folder for the dataset, stores and runs (default: a temp dir)")
     ap.add_argument("--json", default="", help="also write the rows and margins to this JSON file")
+    ap.add_argument("--views", type=int, nargs="+", default=[1],
+                    help="cached views per segment (independent recognitions); one store and head run per value")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("train_heads.train", "train_heads.data", "train_heads.inputs"):
@@ -302,13 +320,21 @@ def main(argv: list[str] | None = None) -> int:
     for setting in args.settings:
         p = SETTINGS[setting]
         t0 = time.perf_counter()
-        key = write_recogniser_store(data_dir, work / "stores", p_verb=p[0], p_noun=p[1], noise=args.noise, seed=args.seed)
-        bank = load_bank(work / "stores", {MODALITY: key}, splits=["train", "val"]).to("cpu")
-        rows, (ts, val_win) = run_baselines(train_ann, bank, data_dir, k=5, seed=args.seed, skip=args.skip_baselines)
-        for cfg_path in args.configs:
-            rows += run_head(cfg_path, bank, data_dir, work / "runs" / setting / Path(cfg_path).stem, ts, epochs=args.epochs,
-                             max_train_windows=args.max_train_windows, generators=args.generators,
-                             mbr_samples=args.mbr_samples, k=5, seed=args.seed)
+        rows = []
+        for views in args.views:
+            key = write_recogniser_store(data_dir, work / "stores", p_verb=p[0], p_noun=p[1], noise=args.noise,
+                                         seed=args.seed, views=views)
+            bank = load_bank(work / "stores", {MODALITY: key}, splits=["train", "val"]).to("cpu")
+            if views == args.views[0]:  # the baselines read view 0, the same in every store
+                rows, (ts, val_win) = run_baselines(train_ann, bank, data_dir, k=5, seed=args.seed,
+                                                    skip=args.skip_baselines)
+            for cfg_path in args.configs:
+                head_rows = run_head(cfg_path, bank, data_dir, work / "runs" / setting / f"{Path(cfg_path).stem}_v{views}",
+                                     ts, epochs=args.epochs, max_train_windows=args.max_train_windows,
+                                     generators=args.generators, mbr_samples=args.mbr_samples, k=5, seed=args.seed)
+                for r in head_rows if len(args.views) > 1 else []:
+                    r.method = f"{r.method}, {views} view{'s' if views > 1 else ''}"
+                rows += head_rows
         print_table(setting, p, rows, len(val_win))
         if args.skip_baselines:
             continue
