@@ -115,8 +115,8 @@ def _run(cfg: EvaluateConfig) -> int:
     for label in labels:  # the same model on another key set, side by side with the rows above
         print(f"keys [{label}]: {metrics['key_sets'][label]}, {key_sets[label][1]} windows")
         for g in cfg.generators if key_sets[label][1] else []:
-            name = f"{label}.model.{g}"
-            print(f"{name:<28} {metrics[name + '.verb_ed']:>8.4f} {metrics[name + '.noun_ed']:>8.4f} "
+            name = f"{label}.model.{g}"  # printed as model.<g> under its key-set line
+            print(f"{'model.' + g:<28} {metrics[name + '.verb_ed']:>8.4f} {metrics[name + '.noun_ed']:>8.4f} "
                   f"{metrics[name + '.action_ed']:>9.4f}")
     print(f"predict default: generator {metrics['selected_generator']} ({metrics['selected_generator_reason']}); "
           f"amp={str(amp).lower()} ({amp_why})")
