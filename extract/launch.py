@@ -270,7 +270,8 @@ def run_array(fn: Callable[..., Any], args: Sequence[Any], *, launcher: str, fol
     if launcher == "local":  # LocalExecutor has no arrays: submit one by one (all start at once)
         jobs = [executor.submit(body, a) for a in args]
     else:
-        request = slurm_queue.Request(params.partition, params.cpus_per_task, params.mem_gb, params.gpus_per_node)
+        request = slurm_queue.Request(params.partition, params.cpus_per_task, params.mem_gb, params.gpus_per_node,
+                                      params.timeout_min)
         refused = slurm_queue.check_fits(request)
         if refused:
             raise UsageError(refused)

@@ -101,6 +101,11 @@ class Request:
     cpus: int
     mem_gb: int
     gpus: int
+    time_min: int = 0
+
+    def __str__(self) -> str:
+        return (f"now partition={self.partition or 'default'}, cpus={self.cpus}, mem_gb={self.mem_gb}, gpus={self.gpus}, "
+                f"time_min={self.time_min}")
 
 
 def _gpus(gres: str) -> int:
@@ -167,8 +172,7 @@ def blocked_message(job_ids: Iterable[str], reason: str, req: Request) -> str:
     """One line: which jobs cannot start, SLURM's reason, what it means and the keys to change."""
     fits = check_fits(req) if reason in ("PartitionConfig", "BadConstraints") else None
     keys = REASON_KEYS.get(reason, RESOURCE_KEYS + ["slurm_partition"])
-    hint = fits if fits else "change " + " / ".join(keys) + f" (now partition={req.partition or 'default'}, " \
-        f"cpus={req.cpus}, mem_gb={req.mem_gb}, gpus={req.gpus})"
+    hint = fits if fits else "change " + " / ".join(keys) + f" ({req})"
     return (f"SLURM job(s) {', '.join(job_ids)} cannot start: pending reason {reason} ({NEVER_CLEARS[reason]}); "
             f"{hint}; the jobs were cancelled")
 
@@ -190,8 +194,7 @@ def sbatch_refusal(text: str, req: Request) -> str:
         key = "slurm_account"
     else:
         key = " / ".join(RESOURCE_KEYS + ["slurm_partition"])
-    return f"sbatch refused the jobs: {said}; change {key} (now partition={req.partition or 'default'}, " \
-           f"cpus={req.cpus}, mem_gb={req.mem_gb}, gpus={req.gpus})"
+    return f"sbatch refused the jobs: {said}; change {key} ({req})"
 
 
 def cancel(job_ids: Iterable[str]) -> None:
