@@ -56,11 +56,12 @@ class SlurmParams:
 
     partition: str = ""
     gpus_per_node: int = 1
-    cpus_per_task: int = 10
+    cpus_per_task: int = 8
     mem_gb: int = 32
     timeout_min: int = 240
     array_parallelism: int = 64
     account: str = ""
+    constraint: str = ""
 
 
 def make_executor(launcher: str, folder: Path | str, params: SlurmParams, *, job_name: str = "lta") -> Any:
@@ -78,9 +79,13 @@ def make_executor(launcher: str, folder: Path | str, params: SlurmParams, *, job
             extra["slurm_partition"] = params.partition
         if params.account:
             extra["slurm_account"] = params.account
+        if params.constraint:
+            extra["slurm_constraint"] = params.constraint
+        if params.mem_gb:
+            extra["mem_gb"] = params.mem_gb
         executor.update_parameters(
             name=job_name, timeout_min=params.timeout_min, gpus_per_node=params.gpus_per_node,
-            cpus_per_task=params.cpus_per_task, mem_gb=params.mem_gb, tasks_per_node=1, nodes=1,
+            cpus_per_task=params.cpus_per_task, tasks_per_node=1, nodes=1,
             slurm_array_parallelism=params.array_parallelism, **extra,
         )
         return executor
