@@ -275,3 +275,45 @@ def test_slurm_sweep_over_two_configs_equals_no_launcher(tmp_path):
     assert len(job_ids(tmp_path / "slurm.err")) == 2
     assert len(rows["slurm"]) == 2 and all("error" not in r for r in rows["slurm"]), rows
     assert rows["slurm"] == rows["none"]
+
+
+# -- lta finetune-backbone: 2 DDP tasks (gloo) -----------------------------------------------------------
+def _wait_for_job(job_id: str, timeout: float = 180) -> str:
+    """Poll squeue until SLURM job `job_id` ended; its final state."""
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        out = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%T", f"--jobs={job_id}"],
+                             capture_output=True, text=True).stdout.split()
+        if out and all(s not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING") for s in out):
+            return out[0]
+        time.sleep(1)
+    raise AssertionError(f"SLURM job {job_id} still running after {timeout} s")
+
+
+def test_slurm_finetune_two_ddp_tasks_then_resume(tmp_path):
+    """`lta finetune-backbone launcher=slurm tasks_per_node=2` on the CPU: one SLURM job of 2 tasks trains with
+    gloo DDP (batch split over 2 processes) for 2 steps; `resume=true` submits again and continues from step 2
+    to the end of the schedule."""
+    import torch
+
+    from extract.render import write_sample
+    from features.synthetic import plan_sample
+
+    data = tmp_path / "data"
+    write_sample(plan_sample(clips=6, seed=1, segments_per_clip=(9, 10), width=96, height=64, verbs=4, nouns=6,
+                             train_fraction=0.5, val_fraction=0.5), data)
+    run_dir = tmp_path / "run"
+    args = [f"data={data}", "backbone=slowfast_r50_8x8", "init=random", "resized=false", "width_per_group=8",
+            "crop_size=32", "num_frames=8", "batch_size=8", "epochs=2", "num_workers=0", "val_split=", "log_every=1",
+            "warmup_steps=2", "lr=0.05", "device=cpu", f"out={run_dir}", *SLURM[:3], "slurm_gpus=0", "tasks_per_node=2"]
+    steps = []
+    for extra in (["max_steps=2"], ["resume=true"]):
+        log = tmp_path / f"launch{len(steps)}.err"
+        assert run("finetune-backbone", [*args, *extra], log) == 0, log.read_text()[-2000:]
+        job_id = re.search(r"submitted job (\d+)", log.read_text()).group(1)
+        assert _wait_for_job(job_id) == "COMPLETED", scontrol_job(job_id)
+        job_log = (run_dir / "slurm" / f"{job_id}_0_log.err").read_text()
+        assert "batch 8 = 2 proc" in job_log, job_log[-2000:]
+        steps.append(torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["state"]["step"])
+    assert "resumed" in job_log and " at step 2" in job_log, job_log[-2000:]
+    assert steps == [2, 6], steps
