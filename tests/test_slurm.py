@@ -165,19 +165,38 @@ def _when_rows_are_written(proc: subprocess.Popen, root: Path, log: Path) -> lis
     return job_ids(log)
 
 
-def test_slurm_requeue_of_a_running_shard_resumes(sample, local_store, tmp_path):  # noqa: F811
-    """`scontrol requeue` of one running shard job: the job stops (exit 75), SLURM starts it again after the
-    requeue hold (cred_expire, 10 s in tools/slurm-up), it resumes from the store, the launcher ends with exit 0
-    and the store equals launcher=local's."""
+def _shards_filled(root: Path) -> list[int]:
+    """Rows marked done in each of the 2 shards' row ranges."""
+    from features.store import FeatureStore
+
+    (path,) = root.glob("*.zarr")
+    with FeatureStore.open(path) as store:
+        done = store.filled()
+        return [int(done[slice(*store.shard_range(i, 2))].sum()) for i in range(2)]
+
+
+def test_slurm_usr2_and_requeue_of_running_shards_resume(sample, local_store, tmp_path):  # noqa: F811
+    """Both shard jobs running and part-way: shard 0 gets USR2 (what SLURM sends before the time limit,
+    `--signal=USR2@120`, here sent the way submitit's own tests do, `scancel --signal=USR2`): it stops after its
+    clip, submitit checkpoints and requeues it; shard 1 is requeued from outside (`scontrol requeue`, as a
+    preemption): it stops (exit 75). SLURM starts both again after the requeue hold (cred_expire, 10 s in
+    tools/slurm-up), they resume from the store, the launcher ends with exit 0 and the store equals launcher=local's."""
     root, log = tmp_path / "store", tmp_path / "slurm.err"
     proc = start("extract", extract_args(sample, root), log)
     ids = _when_rows_are_written(proc, root, log)
-    assert not (root / "extract_summary.shard-0-of-2.json").exists(), "shard 0 finished before the requeue"
-    subprocess.run(["scontrol", "requeue", ids[0]], check=True, capture_output=True)
+    assert wait_until(proc, lambda: all(n > 0 for n in _shards_filled(root)), timeout=120), log.read_text()[-2000:]
+    filled = _shards_filled(root)
+    assert not list(root.glob("extract_summary.shard-*.json")), "a shard finished before the signals"
+    subprocess.run(["scancel", "--signal=USR2", ids[0]], check=True, capture_output=True)
+    subprocess.run(["scontrol", "requeue", ids[1]], check=True, capture_output=True)
     assert proc.wait(timeout=180) == 0, log.read_text()[-3000:]
-    assert "Restarts=1" in scontrol_job(ids[0]), scontrol_job(ids[0])
+    for job_id in ids:
+        assert "Restarts=1" in scontrol_job(job_id), scontrol_job(job_id)
+    usr2_log = next((root / ".submitit").glob(f"{ids[0]}_0_log.err")).read_text()
+    assert "submitit checkpoints and requeues the job" in usr2_log, usr2_log[-2000:]
     assert differences(root, local_store) == []
     assert store_verify(root, tmp_path) == 0
+    print(f"signalled with {filled} rows done per shard")
 
 
 def test_slurm_scancel_stops_the_wait_then_rerun_resumes(sample, local_store, tmp_path):  # noqa: F811
