@@ -211,8 +211,8 @@ class _Progress:
             return
         self.last = counts
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{pending} pending, {running} running")
             self.bar.update(done - self.bar.n)
+            self.bar.set_postfix_str(f"{pending} pending, {running} running")
         else:
             log.info("%s: %d pending, %d running, %d done of %d SLURM job(s)", self.job_name, pending, running, done,
                      self.total)
