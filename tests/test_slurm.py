@@ -36,8 +36,8 @@ def controller_problem() -> str | None:
     if not shutil.which("sbatch"):
         return "no sbatch on PATH (start a one-node cluster with `make slurm-up`)"
     try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
-        nodes = subprocess.run(["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=20)
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+        nodes = subprocess.run(["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"scontrol / sinfo failed: {err}"
     if "UP" not in ping.stdout:
