@@ -201,7 +201,8 @@ def test_slurm_usr2_and_requeue_of_running_shards_resume(sample, local_store, tm
 
 def test_slurm_scancel_stops_the_wait_then_rerun_resumes(sample, local_store, tmp_path):  # noqa: F811
     """`scancel` of the whole array from outside: the launcher stops waiting, exit 1, one line naming the cancelled
-    jobs and their logs; a re-run finishes the store, which equals launcher=local's."""
+    jobs and their logs. The re-run resumes; while it writes, the whole array is requeued (`scontrol requeue
+    <array id>`): both jobs restart, the launcher ends with exit 0 and the store equals launcher=local's."""
     root, log = tmp_path / "store", tmp_path / "slurm.err"
     proc = start("extract", extract_args(sample, root), log)
     ids = _when_rows_are_written(proc, root, log)
@@ -213,7 +214,14 @@ def test_slurm_scancel_stops_the_wait_then_rerun_resumes(sample, local_store, tm
     filled = filled_rows(root)
     assert 0 < filled < len(local_store[next(k for k in local_store if k.endswith("/done"))])
     rerun = tmp_path / "rerun.err"
-    assert run("extract", extract_args(sample, root), rerun) == 0, rerun.read_text()[-2000:]
+    proc = start("extract", extract_args(sample, root), rerun)
+    assert wait_until(proc, lambda: len(job_ids(rerun)) == 2 and filled_rows(root) > filled, timeout=120), \
+        rerun.read_text()[-2000:]
+    again = job_ids(rerun)
+    subprocess.run(["scontrol", "requeue", again[0].split("_")[0]], check=True, capture_output=True)
+    assert proc.wait(timeout=180) == 0, rerun.read_text()[-3000:]
+    for job_id in again:
+        assert "Restarts=1" in scontrol_job(job_id), scontrol_job(job_id)
     assert differences(root, local_store) == []
 
 
