@@ -162,6 +162,16 @@ def check_fits(req: Request) -> str | None:
     return "no SLURM node can run these jobs: lower " + "; ".join(over)
 
 
+def _sinfo_field(partition: str, field: str) -> str:
+    """One `sinfo --format` field of `partition` (the default one for ''), '' when sinfo cannot tell."""
+    cmd = ["sinfo", "--noheader", f"--format={field}"] + ([f"--partition={partition}"] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out[0] if out else ""
+
+
 def blocked_reason(reason: str) -> str | None:
     """The first word of a pending reason when it is one that waiting does not clear, else None."""
     word = reason.split(",")[0].strip()
@@ -173,6 +183,9 @@ def blocked_message(job_ids: Iterable[str], reason: str, req: Request) -> str:
     fits = check_fits(req) if reason in ("PartitionConfig", "BadConstraints") else None
     keys = REASON_KEYS.get(reason, RESOURCE_KEYS + ["slurm_partition"])
     hint = fits if fits else "change " + " / ".join(keys) + f" ({req})"
+    if reason == "PartitionTimeLimit":
+        limit = _sinfo_field(req.partition, "%l")
+        hint += f"; the MaxTime of partition {req.partition or 'default'} is {limit} ([days-][hours:]minutes:seconds)" if limit else ""
     return (f"SLURM job(s) {', '.join(job_ids)} cannot start: pending reason {reason} ({NEVER_CLEARS[reason]}); "
             f"{hint}; the jobs were cancelled")
 
