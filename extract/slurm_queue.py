@@ -185,7 +185,8 @@ def blocked_message(job_ids: Iterable[str], reason: str, req: Request) -> str:
     hint = fits if fits else "change " + " / ".join(keys) + f" ({req})"
     if reason == "PartitionTimeLimit":
         limit = _sinfo_field(req.partition, "%l")
-        hint += f"; the MaxTime of partition {req.partition or 'default'} is {limit} ([days-][hours:]minutes:seconds)" if limit else ""
+        if limit:
+            hint += f"; the MaxTime of partition {req.partition or 'default'} is {limit} ([days-][hours:]minutes:seconds)"
     return (f"SLURM job(s) {', '.join(job_ids)} cannot start: pending reason {reason} ({NEVER_CLEARS[reason]}); "
             f"{hint}; the jobs were cancelled")
 
