@@ -46,7 +46,7 @@ from features.exitcodes import EXIT_INTERRUPTED
 log = logging.getLogger(__name__)
 
 LAUNCHERS = ("local", "slurm")
-POLL_S = 2.0  # seconds between two squeue calls while SLURM jobs queue or run
+POLL_S = (2.0, 30.0)  # seconds between two squeue calls: 2 at first, growing by 1 every 30 s of waiting up to 30
 BLOCKED_AFTER_S = 10.0  # a pending reason that never clears, seen this long with nothing running: cancel and report
 
 
@@ -230,6 +230,7 @@ def _wait_slurm(jobs: list, request: slurm_queue.Request, stop: interrupt.StopFl
     """
     progress = _Progress(len(jobs), job_name)
     blocked_since: float | None = None
+    t0 = time.monotonic()
     try:
         while True:
             if stop is not None and stop.requested:
@@ -254,7 +255,7 @@ def _wait_slurm(jobs: list, request: slurm_queue.Request, stop: interrupt.StopFl
                     raise UsageError(slurm_queue.blocked_message(sorted(blocked), next(iter(blocked.values())), request))
             else:
                 blocked_since = None
-            time.sleep(POLL_S)
+            time.sleep(min(POLL_S[1], POLL_S[0] + (time.monotonic() - t0) / 30))  # a long run polls squeue gently
     finally:
         progress.close()
 
