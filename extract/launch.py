@@ -255,7 +255,9 @@ def _wait_slurm(jobs: list, request: slurm_queue.Request, stop: interrupt.StopFl
                     raise UsageError(slurm_queue.blocked_message(sorted(blocked), next(iter(blocked.values())), request))
             else:
                 blocked_since = None
-            time.sleep(min(POLL_S[1], POLL_S[0] + (time.monotonic() - t0) / 30))  # a long run polls squeue gently
+            wake = time.monotonic() + min(POLL_S[1], POLL_S[0] + (time.monotonic() - t0) / 30)  # a long run polls gently
+            while time.monotonic() < wake and not (stop is not None and stop.requested):
+                time.sleep(0.2)
     finally:
         progress.close()
 
