@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 from extract.shard_lock import ShardLock
+from features.exitcodes import EXIT_INTERRUPTED
 from test_faults_process import EXTRACT_ARGS, REPO, filled_rows, sample  # noqa: F401
 from test_preemption import stderr_lines, wait_until
 
@@ -344,3 +346,21 @@ def test_slurm_finetune_two_ddp_tasks_then_resume(tmp_path):
         steps.append(torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["state"]["step"])
     assert "resumed" in job_log and " at step 2" in job_log, job_log[-2000:]
     assert steps == [2, 6], steps
+
+
+# -- stopping the launcher ----------------------------------------------------------------------------------
+def test_slurm_sigterm_to_the_launcher_leaves_the_jobs_running(sample, tmp_path):  # noqa: F811
+    """SIGTERM to the launching command while its array is queued / running: it stops waiting at once (exit 75,
+    one line naming the jobs) and the SLURM jobs keep going (scancel stops them)."""
+    root, log = tmp_path / "store", tmp_path / "slurm.err"
+    proc = start("extract", extract_args(sample, root), log)
+    assert wait_until(proc, lambda: len(job_ids(log)) == 2, timeout=120), log.read_text()[-2000:]
+    ids = job_ids(log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == EXIT_INTERRUPTED, log.read_text()[-2000:]
+    lines = [x for x in stderr_lines(log) if x.startswith("lta extract: ")]
+    assert len(lines) == 1 and "they keep running" in lines[0] and all(i in lines[0] for i in ids), lines
+    states = subprocess.run(["squeue", "--noheader", "--array", "--format=%T", f"--jobs={ids[0].split('_')[0]}"],
+                            capture_output=True, text=True).stdout.split()
+    subprocess.run(["scancel", ids[0].split("_")[0]], capture_output=True)
+    assert len(states) == 2 and set(states) <= {"PENDING", "RUNNING", "CONFIGURING"}, states
