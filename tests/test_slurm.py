@@ -254,11 +254,12 @@ def _no_job_left(ids: list[str]) -> bool:
 
 
 def test_slurm_requests_that_cannot_run_are_reported(sample, tmp_path):  # noqa: F811
-    """Within a minute, one line naming the key, exit 2: more CPUs than any node has and an unknown partition
-    (refused before submitting), and a time limit beyond the partition's MaxTime (submitted, pending with reason
+    """Within a minute, one line naming the key, exit 2: more CPUs, memory or GPUs than any node has and an unknown
+    partition (refused before submitting), and a time limit beyond the partition's MaxTime (submitted, pending with reason
     PartitionTimeLimit, which never clears: the jobs are cancelled)."""
     cpus = int(subprocess.run(["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True).stdout.split()[0])
-    cases = [(["slurm_cpus=%d" % (cpus + 1)], "slurm_cpus"), (["slurm_partition=no_such_partition"], "slurm_partition"),
+    cases = [(["slurm_cpus=%d" % (cpus + 1)], "slurm_cpus"), (["slurm_mem_gb=100000"], "slurm_mem_gb"),
+             (["slurm_gpus=64"], "slurm_gpus"), (["slurm_partition=no_such_partition"], "slurm_partition"),
              (["slurm_partition=short", "slurm_time_min=5"], "slurm_time_min")]
     for extra, key in cases:
         root, log = tmp_path / key, tmp_path / f"{key}.err"
