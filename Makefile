@@ -18,7 +18,7 @@ CONFIG ?= pipelines/configs/slowfast_transformer.yaml
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast resize extract train-heads evaluate predict sweep report bench bench-gpu clean
+.PHONY: help setup demo test test-fast resize extract train-heads evaluate predict sweep report bench bench-gpu slurm-up slurm-down clean
 
 help: ## list the targets with one line each
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -67,6 +67,12 @@ bench-gpu: $(STAMP) ## the prepared GPU benchmark (README "GPU figures"): one ru
 
 bench: $(STAMP) ## run the benchmarks in bench/ (prints the README tables)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+slurm-up: ## start a one-node SLURM cluster on this machine (root; installs slurm-wlm + munge), docs/cluster.md
+	tools/slurm-up
+
+slurm-down: ## stop the daemons slurm-up started (slurmd, slurmctld, munged)
+	tools/slurm-down
 
 clean: ## remove demo outputs (keeps .venv)
 	rm -rf demo_out

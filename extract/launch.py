@@ -16,6 +16,10 @@ Every job runs inside `ShardJob`, a `submitit.helpers.Checkpointable`:
 - **One-line errors.** An exception inside the job comes back as the exception itself (pickled), and
   `run_array` re-raises it with ` (job <id>, log <path>)` appended: a locked shard, a full disk or a bad
   value reads exactly as without a launcher, plus where the job's log is.
+- **What SLURM says.** States come from `squeue` (`extract.slurm_queue.SqueueWatcher`, no accounting needed);
+  the launcher shows pending / running / done counts while it waits, refuses a request no node of the partition
+  can hold before submitting, and cancels and reports jobs whose pending reason never clears (one line naming
+  the `slurm_*` key to change, exit 2). Jobs cancelled from outside end the wait with their ids (exit 1).
 - **Stopping the launcher.** SIGTERM / SIGINT of the launching command forwards SIGTERM to local jobs and
   waits for them to stop; SLURM jobs are left running (their ids are logged). Either way it raises
   `Interrupted` (exit 75).
@@ -34,12 +38,16 @@ from typing import Any, Callable, Sequence
 
 import submitit
 
+from extract import slurm_queue
 from features import interrupt
+from features.errors import RunFailure, UsageError
 from features.exitcodes import EXIT_INTERRUPTED
 
 log = logging.getLogger(__name__)
 
 LAUNCHERS = ("local", "slurm")
+POLL_S = (2.0, 30.0)  # seconds between two squeue calls: 2 at first, growing by 1 every 30 s of waiting up to 30
+BLOCKED_AFTER_S = 10.0  # a pending reason that never clears, seen this long with nothing running: cancel and report
 
 
 @dataclass(frozen=True)
@@ -48,11 +56,12 @@ class SlurmParams:
 
     partition: str = ""
     gpus_per_node: int = 1
-    cpus_per_task: int = 10
+    cpus_per_task: int = 8
     mem_gb: int = 32
     timeout_min: int = 240
     array_parallelism: int = 64
     account: str = ""
+    constraint: str = ""
 
 
 def make_executor(launcher: str, folder: Path | str, params: SlurmParams, *, job_name: str = "lta") -> Any:
@@ -70,9 +79,13 @@ def make_executor(launcher: str, folder: Path | str, params: SlurmParams, *, job
             extra["slurm_partition"] = params.partition
         if params.account:
             extra["slurm_account"] = params.account
+        if params.constraint:
+            extra["slurm_constraint"] = params.constraint
+        if params.mem_gb:
+            extra["mem_gb"] = params.mem_gb
         executor.update_parameters(
             name=job_name, timeout_min=params.timeout_min, gpus_per_node=params.gpus_per_node,
-            cpus_per_task=params.cpus_per_task, mem_gb=params.mem_gb, tasks_per_node=1, nodes=1,
+            cpus_per_task=params.cpus_per_task, tasks_per_node=1, nodes=1,
             slurm_array_parallelism=params.array_parallelism, **extra,
         )
         return executor
@@ -167,24 +180,86 @@ def _with_job_log(err: BaseException, suffix: str) -> BaseException:
     return err
 
 
-def _wait(jobs: list, launcher: str, stop: interrupt.StopFlag | None) -> None:
-    """Wait for every job; on a stop signal, forward SIGTERM to local jobs (SLURM jobs keep running)."""
+def _wait_local(jobs: list, stop: interrupt.StopFlag | None) -> None:
+    """Wait for every local job; on a stop signal, forward SIGTERM to them (they checkpoint / stop)."""
     forwarded = False
     while not all(j.done() for j in jobs):
         if stop is not None and stop.requested and not forwarded:
             forwarded = True
-            if launcher == "local":
-                for j in jobs:
-                    proc = getattr(j, "_process", None)
-                    if proc is not None and proc.poll() is None:
-                        proc.send_signal(signal.SIGTERM)  # the local controller forwards it to the job
-                log.warning("forwarded %s to %d local job(s); waiting for them to stop", stop.signal_name, len(jobs))
-            else:
+            for j in jobs:
+                proc = getattr(j, "_process", None)
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)  # the local controller forwards it to the job
+            log.warning("forwarded %s to %d local job(s); waiting for them to stop", stop.signal_name, len(jobs))
+        time.sleep(0.2)
+
+
+class _Progress:
+    """pending / running / done counts of the SLURM jobs: a tqdm bar on a terminal, else a log line per change."""
+
+    def __init__(self, total: int, job_name: str):
+        self.total, self.job_name, self.last = total, job_name, None
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"{job_name} SLURM jobs", unit="job", leave=False)
+
+    def show(self, pending: int, running: int, done: int) -> None:
+        counts = (pending, running, done)
+        if counts == self.last:
+            return
+        self.last = counts
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            self.bar.set_postfix_str(f"{pending} pending, {running} running")
+        else:
+            log.info("%s: %d pending, %d running, %d done of %d SLURM job(s)", self.job_name, pending, running, done,
+                     self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _wait_slurm(jobs: list, request: slurm_queue.Request, stop: interrupt.StopFlag | None, job_name: str) -> None:
+    """Poll squeue until every job ended; show the counts; a pending reason that never clears ends the wait.
+
+    A stop signal of this process leaves the jobs running (Interrupted); a reason in `slurm_queue.NEVER_CLEARS`
+    seen for `BLOCKED_AFTER_S` cancels the jobs and raises UsageError naming the key to change.
+    """
+    progress = _Progress(len(jobs), job_name)
+    blocked_since: float | None = None
+    t0 = time.monotonic()
+    try:
+        while True:
+            if stop is not None and stop.requested:
                 raise interrupt.Interrupted(
                     f"stopped waiting for SLURM job(s) {[j.job_id for j in jobs]} on {stop.signal_name}; they keep "
                     "running (scancel them to stop); re-running the command later skips what they finished",
                     signal_name=stop.signal_name)
-        time.sleep(0.2 if launcher == "local" else 5.0)
+            slurm_queue.WATCHER.update()
+            info = {j.job_id: slurm_queue.WATCHER.get_info(j.job_id, mode="cache") for j in jobs}
+            done = [j for j in jobs if j.done()]
+            running = sum(info[j.job_id].get("State") in slurm_queue.RUNNING_STATES for j in jobs if j not in done)
+            progress.show(len(jobs) - len(done) - running, running, len(done))
+            if len(done) == len(jobs):
+                return
+            blocked = {j.job_id: slurm_queue.blocked_reason(info[j.job_id].get("Reason", ""))
+                       for j in jobs if j not in done and info[j.job_id].get("State") == "PENDING"}
+            blocked = {k: v for k, v in blocked.items() if v}
+            if blocked and running == 0:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since >= BLOCKED_AFTER_S:
+                    slurm_queue.cancel(j.job_id for j in jobs if j not in done)
+                    raise UsageError(slurm_queue.blocked_message(sorted(blocked), next(iter(blocked.values())), request))
+            else:
+                blocked_since = None
+            wake = time.monotonic() + min(POLL_S[1], POLL_S[0] + (time.monotonic() - t0) / 30)  # a long run polls gently
+            while time.monotonic() < wake and not (stop is not None and stop.requested):
+                time.sleep(0.2)
+    finally:
+        progress.close()
 
 
 def run_array(fn: Callable[..., Any], args: Sequence[Any], *, launcher: str, folder: Path | str,
@@ -194,19 +269,39 @@ def run_array(fn: Callable[..., Any], args: Sequence[Any], *, launcher: str, fol
     Raises:
         the job's own exception (with its job id and log path appended): the first job that raised.
         Interrupted: a stop signal reached a job or this process (what finished is on disk; re-run to resume).
-        RuntimeError: jobs that ended without a result (killed, cancelled), each with its log path.
+        UsageError: launcher=slurm and no node can run the jobs (a request beyond every node, an unknown partition,
+            sbatch refusing them, or a pending reason that never clears: the jobs are cancelled); names the key.
+        RunFailure: jobs that ended without a result (cancelled, killed), each with its state and log path.
     """
     executor = make_executor(launcher, folder, params, job_name=job_name)
     body = ShardJob(fn, job_name)
     if launcher == "local":  # LocalExecutor has no arrays: submit one by one (all start at once)
         jobs = [executor.submit(body, a) for a in args]
     else:
-        jobs = executor.map_array(body, list(args))
+        request = slurm_queue.Request(params.partition, params.cpus_per_task, params.mem_gb, params.gpus_per_node,
+                                      params.timeout_min)
+        refused = slurm_queue.check_fits(request)
+        if refused:
+            raise UsageError(refused)
+        try:
+            jobs = executor.map_array(body, list(args))
+        except submitit.core.utils.FailedJobError as err:  # sbatch said no (unknown partition, bad gres, ...)
+            raise UsageError(slurm_queue.sbatch_refusal(str(err), request)) from err
+        for job in jobs:  # states from squeue (see extract.slurm_queue): no sacct, no warning per poll
+            job.watcher = slurm_queue.WATCHER
     log.info("submitted %d %s job(s): %s (logs in %s)", len(jobs), launcher, [j.job_id for j in jobs], folder)
-    _wait(jobs, launcher, interrupt.current())
-    results, failures, stopped, lost = [], [], [], []
+    if launcher == "local":
+        _wait_local(jobs, interrupt.current())
+    else:
+        _wait_slurm(jobs, request, interrupt.current(), job_name)
+    results, failures, stopped, lost, cancelled = [], [], [], [], []
     for job in jobs:
         where = f" (job {job.job_id}, log {job.paths.stderr})"
+        state = slurm_queue.WATCHER.get_state(job.job_id, mode="cache") if launcher == "slurm" else ""
+        if state and state not in slurm_queue.ENDED_OK and not job.paths.result_pickle.exists():
+            (cancelled if state.startswith("CANCELLED") else lost).append(f"job {job.job_id} {state} (log {job.paths.stderr})")
+            results.append(None)
+            continue
         try:
             out = job.result()
         except Exception as err:  # ended without a result (killed, cancelled) or raised outside ShardJob
@@ -231,6 +326,11 @@ def run_array(fn: Callable[..., Any], args: Sequence[Any], *, launcher: str, fol
                                     f"{stop.signal_name if stop and stop.requested else 'a signal'}; what they finished "
                                     "is on disk, re-run the same command to resume",
                                     signal_name=stop.signal_name if stop else "")
+    if cancelled:
+        raise RunFailure(f"{len(cancelled)} of {len(jobs)} SLURM job(s) were cancelled (scancel): " + "; ".join(cancelled)
+                         + (("; also ended without a result: " + "; ".join(lost)) if lost else "")
+                         + "; what they finished is on disk, re-run the same command to resume")
     if lost:
-        raise RuntimeError(f"{len(lost)} of {len(jobs)} job(s) ended without a result: " + "; ".join(lost))
+        raise RunFailure(f"{len(lost)} of {len(jobs)} job(s) ended without a result: " + "; ".join(lost)
+                         + "; what they finished is on disk, re-run the same command to resume")
     return results

@@ -12,12 +12,13 @@ from typing import Sequence
 from features.files import atomic_write_json
 from pipelines.common import UsageError, run_command
 from pipelines.config import opt, to_yaml
+from pipelines.slurm_options import SlurmOptions
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ExtractConfig:
+class ExtractConfig(SlurmOptions):
     data: str = opt("data/long_term_anticipation", "dataset root (annotations/, clips/)")
     store: str = opt("cache/features", "feature store root; one <key>.zarr per extractor")
     extractors: list[str] = opt(["slowfast_r101_8x8.ego4d", "clip_vit_b32.openai"], "extractor names (`lta extract --list` prints the table)")
@@ -45,11 +46,6 @@ class ExtractConfig:
                                       "job still stops), then refuse; 0: refuse at once")
     launcher: str = opt("none", "none (this process) | local (submitit subprocesses) | slurm (submitit job array)")
     num_shards: int = opt(1, "shard jobs for launcher=local|slurm")
-    slurm_partition: str = opt("", "SLURM partition")
-    slurm_gpus: int = opt(1, "GPUs per shard job")
-    slurm_cpus: int = opt(10, "CPUs per shard job")
-    slurm_mem_gb: int = opt(32, "memory per shard job (GB)")
-    slurm_time_min: int = opt(240, "time limit per shard job (minutes)")
     progress: bool = opt(True, "tqdm progress bar over clips")
 
 
@@ -268,8 +264,7 @@ def _run_stoppable(cfg: ExtractConfig) -> int:
             (store / "extract_config.yaml").write_text(to_yaml(cfg))
             shard_cfgs = [ExtractConfig(**{**asdict(cfg), "shard": f"{i}/{cfg.num_shards}", "launcher": "none", "progress": False})
                           for i in range(cfg.num_shards)]
-            params = launch.SlurmParams(partition=cfg.slurm_partition, gpus_per_node=cfg.slurm_gpus, cpus_per_task=cfg.slurm_cpus,
-                                        mem_gb=cfg.slurm_mem_gb, timeout_min=cfg.slurm_time_min)
+            params = cfg.slurm_params()
             summaries = launch.run_array(run_shard, shard_cfgs, launcher=cfg.launcher, folder=store / ".submitit",
                                          params=params, job_name="lta-extract")
             missing = verify_stores(cfg.store, summaries[0]["store_keys"])

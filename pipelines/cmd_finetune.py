@@ -2,7 +2,7 @@
 
     lta finetune-backbone data=DIR backbone=slowfast_r101_8x8 init=kinetics out=runs/ft_sf101
     torchrun --nproc_per_node 8 -m pipelines.cli finetune-backbone data=DIR out=RUN   # one node, 8 GPUs
-    lta finetune-backbone data=DIR out=RUN launcher=slurm nodes=2 gpus_per_node=8 slurm_partition=learnfair
+    lta finetune-backbone data=DIR out=RUN launcher=slurm nodes=2 slurm_gpus=8 slurm_partition=learnfair
 
 The run dir then feeds `lta extract` (`weights=RUN` for a slowfast_r101_8x8.* extractor), see extract/finetune/.
 A run dir that holds a checkpoint is continued with resume=true (from RUN/checkpoints/last.pt) or replaced with
@@ -22,12 +22,13 @@ from typing import ClassVar, Optional, Sequence
 
 from pipelines.common import UsageError, run_command
 from pipelines.config import opt, to_yaml
+from pipelines.slurm_options import slurm_options
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(slurm_options(gpus=8, mem_gb=0, time_min=4320)):
     data: str = opt("data/long_term_anticipation", "dataset root (annotations/, clips/)")
     out: str = opt("runs/finetune", "run directory (checkpoints, backbone.pt, tensorboard/)")
     backbone: str = opt("slowfast_r101_8x8", "slowfast_r101_8x8 | slowfast_r50_8x8 | mvit_b_16x4")
@@ -62,19 +63,14 @@ class FinetuneConfig:
     overwrite: bool = opt(False, "replace a run already in out (without it or resume=true that is an error)")
     max_failed_frac: float = opt(0.01, "exit 1 before training when bad clips (out/failures.jsonl) drop more than this fraction of segments")
     launcher: str = opt("none", "none (this process / torchrun) | local (a submitit local subprocess) | slurm (submitit)")
-    nodes: int = opt(1, "SLURM nodes")
-    gpus_per_node: int = opt(8, "SLURM GPUs (= tasks) per node")
-    slurm_cpus: int = opt(10, "SLURM CPUs per task (decoding workers)")
-    slurm_mem_gb: int = opt(0, "SLURM memory per node in GB (0 = cluster default)")
-    slurm_time_min: int = opt(4320, "SLURM time limit, minutes; on timeout the job requeues and resumes")
-    slurm_partition: str = opt("", "SLURM partition")
-    slurm_account: str = opt("", "SLURM account")
-    slurm_constraint: str = opt("", "SLURM constraint, e.g. volta32gb")
-    slurm_cluster: str = opt("slurm", "launcher=slurm: submitit cluster slurm, or local / debug (for testing)")
+    nodes: int = opt(1, "SLURM nodes (slurm_gpus tasks each, one per GPU, slurm_cpus CPUs per task)")
+    tasks_per_node: int = opt(0, "SLURM tasks (DDP ranks) per node; 0 = slurm_gpus (one per GPU); set it for CPU (gloo) runs")
+    submitit_cluster: str = opt("slurm", "launcher=slurm: submitit cluster slurm, or local / debug (for testing)")
     # one name per knob across commands; the old names still work, with a one-line deprecation
     RENAMED_KEYS: ClassVar[dict] = {"timeout_min": "slurm_time_min", "partition": "slurm_partition",
                                     "account": "slurm_account", "constraint": "slurm_constraint",
-                                    "mem_gb": "slurm_mem_gb", "cpus_per_task": "slurm_cpus"}
+                                    "mem_gb": "slurm_mem_gb", "cpus_per_task": "slurm_cpus",
+                                    "gpus_per_node": "slurm_gpus", "slurm_cluster": "submitit_cluster"}
 
 
 def train_options(cfg: FinetuneConfig):
@@ -121,14 +117,14 @@ class SlurmTrainJob:
 
 
 def submit_slurm(cfg: FinetuneConfig, opts, cluster: str | None = None):
-    """Submit `opts` as a SLURM job of nodes x gpus_per_node tasks (or one local / debug task); returns the submitit Job."""
+    """Submit `opts` as a SLURM job of nodes x tasks_per_node (default slurm_gpus) tasks (or one local / debug task); returns the submitit Job."""
     import submitit
 
-    cluster = cluster or cfg.slurm_cluster
+    cluster = cluster or cfg.submitit_cluster
     folder = Path(cfg.out) / "slurm"
     executor = submitit.AutoExecutor(folder=str(folder), cluster=None if cluster == "slurm" else cluster)
-    params = dict(name=f"lta-ft-{Path(cfg.out).name}", nodes=cfg.nodes, tasks_per_node=cfg.gpus_per_node,
-                  gpus_per_node=cfg.gpus_per_node, cpus_per_task=cfg.slurm_cpus, timeout_min=cfg.slurm_time_min)
+    params = dict(name=f"lta-ft-{Path(cfg.out).name}", nodes=cfg.nodes, tasks_per_node=cfg.tasks_per_node or cfg.slurm_gpus,
+                  gpus_per_node=cfg.slurm_gpus, cpus_per_task=cfg.slurm_cpus, timeout_min=cfg.slurm_time_min)
     if cfg.slurm_mem_gb:
         params["mem_gb"] = cfg.slurm_mem_gb
     slurm = {"slurm_partition": cfg.slurm_partition, "slurm_account": cfg.slurm_account,
@@ -141,7 +137,7 @@ def submit_slurm(cfg: FinetuneConfig, opts, cluster: str | None = None):
         params["tasks_per_node"] = 1
     executor.update_parameters(**params)
     job = executor.submit(SlurmTrainJob(opts))
-    log.info("submitted job %s (%d nodes x %d GPUs); logs in %s", job.job_id, cfg.nodes, cfg.gpus_per_node, folder)
+    log.info("submitted job %s (%d nodes x %d GPUs); logs in %s", job.job_id, cfg.nodes, cfg.slurm_gpus, folder)
     return job
 
 
@@ -152,7 +148,7 @@ def _check(cfg: FinetuneConfig) -> None:
     from pipelines.checks import LAUNCHERS, check_choice
 
     check_choice("launcher", cfg.launcher, list(LAUNCHERS), "launcher")
-    check_choice("slurm_cluster", cfg.slurm_cluster, ["slurm", "local", "debug"], "submitit cluster")
+    check_choice("submitit_cluster", cfg.submitit_cluster, ["slurm", "local", "debug"], "submitit cluster")
     last = Path(cfg.out) / "checkpoints" / "last.pt"
     if cfg.resume and cfg.overwrite:
         raise UsageError("resume=true and overwrite=true contradict each other: pass one of them")
@@ -191,14 +187,14 @@ def _train(cfg: FinetuneConfig) -> int:
         (Path(cfg.out) / "config.yaml").write_text(to_yaml(cfg))
     if cfg.launcher == "local":  # one submitit local subprocess, waited for (as the other commands' launcher=local)
         job = submit_slurm(cfg, opts, cluster="local")
-        launch._wait([job], "local", current())  # a stop signal here is forwarded to the job
+        launch._wait_local([job], current())  # a stop signal here is forwarded to the job
         out = job.result()
         if isinstance(out, launch.JobInterrupted):
             raise Interrupted(f"{out.message} (job {job.job_id}, log {job.paths.stderr})")
         return 0
     if cfg.launcher == "slurm":
         job = submit_slurm(cfg, opts)
-        if cfg.slurm_cluster == "debug":
+        if cfg.submitit_cluster == "debug":
             job.result()  # the debug executor runs the job in this process on result()
         return 0
     from extract.finetune.train import TooManyFailures, finetune

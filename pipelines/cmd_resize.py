@@ -11,12 +11,13 @@ from typing import ClassVar, Sequence
 from pipelines.checks import LAUNCHERS, check_dir, did_you_mean
 from pipelines.common import UsageError, run_command
 from pipelines.config import opt
+from pipelines.slurm_options import slurm_options
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class ResizeConfig:
+class ResizeConfig(slurm_options(gpus=0, cpus=4, mem_gb=8, time_min=120)):
     data: str = opt("data/long_term_anticipation", "dataset root (reads clips_hq/, writes clips/)")
     jobs: int = opt(2, "parallel ffmpeg processes (joblib) or number of shard jobs (local/slurm)")
     short_side: int = opt(320, "output short side in pixels (reference: 320)")
@@ -27,10 +28,6 @@ class ResizeConfig:
     threads: int = opt(0, "x264 threads; 0 = not set (auto, the reference command; bytes depend on the CPU count), "
                           "1 = the same bytes on every machine")
     launcher: str = opt("none", "none (this process, `jobs` joblib workers) | local (submitit subprocesses) | slurm (submitit array)")
-    slurm_partition: str = opt("", "SLURM partition (launcher=slurm)")
-    slurm_cpus: int = opt(4, "CPUs per SLURM job")
-    slurm_mem_gb: int = opt(8, "memory per SLURM job")
-    slurm_time_min: int = opt(120, "time limit per SLURM job, minutes")
     max_failed_frac: float = opt(0.0, "exit 1 when more than this fraction of clips failed")
     RENAMED_VALUES: ClassVar[dict] = {"launcher": {"joblib": "none"}}  # one launcher vocabulary for every command
 
@@ -70,8 +67,7 @@ def _resize(cfg: ResizeConfig, stop) -> int:
         results = resize_shard((str(data), uids, asdict(params), cfg.jobs))
     elif cfg.launcher in launch.LAUNCHERS:
         shards = [(str(data), uids[i::cfg.jobs], asdict(params), 1) for i in range(cfg.jobs) if uids[i::cfg.jobs]]
-        slurm = launch.SlurmParams(partition=cfg.slurm_partition, gpus_per_node=0, cpus_per_task=cfg.slurm_cpus,
-                                   mem_gb=cfg.slurm_mem_gb, timeout_min=cfg.slurm_time_min)
+        slurm = cfg.slurm_params()
         parts = launch.run_array(resize_shard, shards, launcher=cfg.launcher, folder=data / "clips" / ".submitit",
                                  params=slurm, job_name="lta-resize")
         results = [r for part in parts for r in part]

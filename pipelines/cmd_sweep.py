@@ -21,12 +21,13 @@ from typing import Any, ClassVar, Sequence
 
 from pipelines.common import UsageError, run_command
 from pipelines.config import opt
+from pipelines.slurm_options import SlurmOptions
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(SlurmOptions):
     data: str = opt("data/long_term_anticipation", "dataset root")
     store: str = opt("cache/features", "feature store root")
     configs: list[str] = opt(["pipelines/configs/slowfast_concat.yaml", "pipelines/configs/slowfast_transformer.yaml"],
@@ -38,11 +39,6 @@ class SweepConfig:
     launcher: str = opt("none", "none (this process, n_jobs joblib workers) | local (submitit subprocesses) | "
                                 "slurm (submitit job array)")
     n_jobs: int = opt(1, "launcher=none: jobs trained at the same time")
-    slurm_partition: str = opt("", "SLURM partition")
-    slurm_gpus: int = opt(1, "GPUs per SLURM job")
-    slurm_cpus: int = opt(10, "CPUs per SLURM job")
-    slurm_mem_gb: int = opt(32, "memory per SLURM job (GB)")
-    slurm_time_min: int = opt(240, "time limit per SLURM job, minutes")
     RENAMED_KEYS: ClassVar[dict] = {"slurm_timeout_min": "slurm_time_min"}  # one SLURM time key for every command
 
 
@@ -182,8 +178,7 @@ def _run(cfg: SweepConfig) -> int:
     else:
         from extract import launch
 
-        params = launch.SlurmParams(partition=cfg.slurm_partition, gpus_per_node=cfg.slurm_gpus,
-                                    cpus_per_task=cfg.slurm_cpus, mem_gb=cfg.slurm_mem_gb, timeout_min=cfg.slurm_time_min)
+        params = cfg.slurm_params()
         outs = launch.run_array(_safe, [j.argv for j in jobs], launcher=cfg.launcher,
                                 folder=Path(cfg.out) / ".submitit", params=params, job_name="lta-sweep")
     outs = [o if o is not None else (None, "the job ended without a result (see its log)") for o in outs]

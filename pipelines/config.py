@@ -86,7 +86,14 @@ def help_text(schema: type, command: str, summary: str = "") -> str:
     lines += ["", "keys:"]
     rows = schema_keys(schema)
     width = max([22] + [len(k) + 1 for k, *_ in rows])
-    for key, tp, default, help_ in rows:
+    slurm = [r for r in rows if r[0].startswith("slurm_")]  # pipelines.slurm_options: listed last, as one group
+    for key, tp, default, help_ in [r for r in rows if r not in slurm]:
+        shown = "''" if default == "" else default
+        lines.append(f"  {key:<{width}} {tp:<12} default={shown!s:<14} {help_}")
+    if slurm:
+        lines += ["", "launcher=slurm keys (what each job asks sbatch for; the defaults fit one job per GPU of an "
+                      "8-GPU node with 64 CPUs and 256 GB):"]
+    for key, tp, default, help_ in slurm:
         shown = "''" if default == "" else default
         lines.append(f"  {key:<{width}} {tp:<12} default={shown!s:<14} {help_}")
     lines += ["", "Lists: key=[a,b] or key=a (one item); list entries: key.0.field=value. "

@@ -236,7 +236,7 @@ def test_cli_local_and_slurm_debug(sample, tmp_path, capsys):
               "crop_size=32", "num_frames=8", "batch_size=8", "epochs=1", "max_steps=1", "num_workers=0", "val_split="]
     assert main(common + [f"out={tmp_path / 'local'}"]) == 0
     assert (tmp_path / "local" / "config.yaml").is_file() and (tmp_path / "local" / BACKBONE_FILE).is_file()
-    assert main(common + [f"out={tmp_path / 'slurm'}", "launcher=slurm", "slurm_cluster=debug", "nodes=1", "gpus_per_node=1"]) == 0
+    assert main(common + [f"out={tmp_path / 'slurm'}", "launcher=slurm", "submitit_cluster=debug", "nodes=1", "slurm_gpus=1"]) == 0
     ckpt = torch.load(tmp_path / "slurm" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert ckpt["state"]["step"] == 1
     with pytest.raises(RuntimeError, match="no CUDA"):
