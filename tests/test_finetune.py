@@ -28,6 +28,7 @@ from extract.finetune.model import (  # noqa: E402
     recognition_loss,
 )
 from features.annotations import load_split  # noqa: E402
+from features.errors import UsageError  # noqa: E402
 
 TINY = dict(backbone="slowfast_r50_8x8", init="random", resized=False, width_per_group=8, crop_size=32, num_frames=8,
             num_workers=0, log_every=1000, warmup_steps=3)
@@ -239,10 +240,9 @@ def test_cli_local_and_slurm_debug(sample, tmp_path, capsys):
     assert main(common + [f"out={tmp_path / 'slurm'}", "launcher=slurm", "submitit_cluster=debug", "nodes=1", "slurm_gpus=1"]) == 0
     ckpt = torch.load(tmp_path / "slurm" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert ckpt["state"]["step"] == 1
-    with pytest.raises(RuntimeError, match="no CUDA"):
-        if torch.cuda.is_available():
-            raise RuntimeError("no CUDA (skipped check: this machine has one)")
-        main(common + [f"out={tmp_path / 'cuda'}", "device=cuda"])
+    if not torch.cuda.is_available():  # device=cuda without CUDA: a usage error (exit 2), never a silent CPU run
+        with pytest.raises(UsageError, match="device=cuda: CUDA is not available"):
+            main(common + [f"out={tmp_path / 'cuda'}", "device=cuda"])
 
 
 @pytest.mark.slow
