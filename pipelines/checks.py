@@ -31,12 +31,18 @@ def check_choices(key: str, values: Sequence[str], choices: Sequence[str], what:
     return list(values)
 
 
-def check_dir(key: str, path: str | Path, what: str) -> Path:
+def _named(key: str, path: str | Path, label: str | None) -> str:
+    """How a message names the checked path: `label` when given (a path that came from elsewhere than the
+    command line, e.g. a run's config), else `key=path` and the current directory it is relative to."""
+    return label or f"{key}={path}"
+
+
+def check_dir(key: str, path: str | Path, what: str, *, label: str | None = None) -> Path:
     """`path` must be an existing directory."""
     p = Path(path)
     if not p.is_dir():
         state = "is a file, not a directory" if p.exists() else "does not exist"
-        raise UsageError(f"{key}={path}: {what} {state} (cwd {Path.cwd()})")
+        raise UsageError(f"{_named(key, path, label)}: {what} {state}" + ("" if label else f" (cwd {Path.cwd()})"))
     return p
 
 
@@ -49,18 +55,19 @@ def check_file(key: str, path: str | Path, what: str) -> Path:
     return p
 
 
-def check_data_root(key: str, path: str | Path, splits: Sequence[str] = ()) -> Path:
+def check_data_root(key: str, path: str | Path, splits: Sequence[str] = (), *, label: str | None = None) -> Path:
     """A dataset root: a directory with `annotations/` and the annotation file of every split in `splits`."""
     from features.annotations import ANNOTATION_DIR, SPLIT_FILES
 
-    root = check_dir(key, path, "dataset root")
+    root = check_dir(key, path, "dataset root", label=label)
+    name = _named(key, path, label)
     if not (root / ANNOTATION_DIR).is_dir():
-        raise UsageError(f"{key}={path}: dataset root has no {ANNOTATION_DIR}/ folder (expected {root / ANNOTATION_DIR})")
-    for split in splits:
+        raise UsageError(f"{name}: dataset root has no {ANNOTATION_DIR}/ folder (expected {root / ANNOTATION_DIR})")
+    for split in dict.fromkeys(splits):
         check_split("split", split)
         f = root / ANNOTATION_DIR / SPLIT_FILES[split]
         if not f.is_file():
-            raise UsageError(f"{key}={path}: no annotations of split {split!r} ({f} does not exist)")
+            raise UsageError(f"{name}: no annotations of split {split!r} ({f} does not exist)")
     return root
 
 
@@ -70,15 +77,42 @@ def check_split(key: str, split: str) -> str:
     return check_choice(key, split, list(SPLIT_FILES), "split")
 
 
-def check_store_root(key: str, path: str | Path) -> Path:
+def check_store_root(key: str, path: str | Path, *, label: str | None = None) -> Path:
     """A feature store root holding at least one `<key>.zarr` / `<key>.h5` store."""
     from features.store import store_paths
 
-    root = check_dir(key, path, "feature store root")
+    root = check_dir(key, path, "feature store root", label=label)
     if not store_paths(root):
-        raise UsageError(f"{key}={path}: feature store root holds no stores (no <key>.zarr / <key>.h5; "
+        raise UsageError(f"{_named(key, path, label)}: feature store root holds no stores (no <key>.zarr / <key>.h5; "
                          f"run `lta extract store={path}` first)")
     return root
+
+
+def check_run_roots(run_dir: str | Path, cfg: dict, *, data: str = "", store: str = "",
+                    splits: Sequence[str] = ()) -> tuple:
+    """The dataset and store roots a run uses (see `train_heads.run.locate_roots`), both checked: every one
+    that is missing or wrong is named in ONE UsageError, by where it came from (`data=...` only when the
+    command line gave it). Prints one line saying which roots the command reads and where each came from."""
+    from train_heads.run import ARGUMENT, locate_root
+
+    def label(root) -> str | None:  # an argument is named key=value (and the cwd), anything else by its source
+        return None if root.source == ARGUMENT else root.describe()
+
+    problems, roots = [], []
+    for key, given, check in (("data", data, lambda r: check_data_root("data", r.path, splits, label=label(r))),
+                              ("store", store, lambda r: check_store_root("store", r.path, label=label(r)))):
+        try:
+            root = locate_root(run_dir, cfg, key, given)
+            check(root)
+            roots.append(root)
+        except UsageError as err:
+            advice = "" if given or "pass " in str(err) else f"; pass {key}=DIR"
+            problems.append(f"{err}{advice}")
+    if problems:
+        raise UsageError("; ".join(problems))
+    data_root, store_root = roots
+    print(f"run {run_dir}: {data_root.describe()}, {store_root.describe()}", flush=True)
+    return data_root, store_root
 
 
 def check_run_dir(key: str, run: str | Path, checkpoint: str | None = "best") -> Path:

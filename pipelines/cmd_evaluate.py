@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -41,19 +40,13 @@ def _run(cfg: EvaluateConfig) -> int:
     from train_heads.inputs import load_bank, split_windows
     from train_heads.fingerprint import evaluation_fingerprint
     from train_heads.protocol import extra_key_sets, key_set_label, reference_generator, run_amp
-    from train_heads.run import checkpoint_path, load_run, run_roots
+    from train_heads.run import checkpoint_path, load_run
 
-    device = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
     check_choices("generators", cfg.generators, list_generators(), "generator")
     if cfg.baselines:
         check_choices("baselines", cfg.baselines, evaluation_baselines(), "baseline")
-    cfg.device = device
+    cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
-    try:
-        data, store = run_roots(run, data=cfg.data, store=cfg.store)
-    except ValueError as err:
-        print(f"lta evaluate: {err}", file=sys.stderr)
-        return 2
     # what these numbers depend on (checkpoint and annotation hashes, settings): `lta report` reuses them only on a match
     fingerprint = evaluation_fingerprint(checkpoint_file=checkpoint_path(run.run_dir, cfg.checkpoint), data=data,
                                          split=cfg.split, cache_keys=run.cache_keys, generators=cfg.generators,
@@ -125,18 +118,19 @@ def _run(cfg: EvaluateConfig) -> int:
 
 
 def check_inputs(run: str, checkpoint: str, split: str, device: str, data: str = "", store: str = "",
-                 splits: Sequence[str] = ("train",)) -> str:
+                 splits: Sequence[str] = ("train",)) -> tuple[str, str, str]:
     """The run dir, checkpoint, split, device and the run's data / store roots, checked before anything
-    is loaded (UsageError, one line); returns the device to use (`auto` resolved)."""
-    from pipelines.checks import check_data_root, check_device, check_run_dir, check_split, check_store_root, resolve_device
-    from train_heads.run import read_run_config, recorded_roots
+    is loaded (UsageError, one line naming every missing root); prints the roots used and where each came
+    from. Returns (device to use with `auto` resolved, dataset root, store root)."""
+    from pipelines.checks import check_device, check_run_dir, check_run_roots, check_split, resolve_device
+    from train_heads.run import read_run_config
 
     check_split("split", split)
     run_dir = check_run_dir("run", run, checkpoint)
-    data, store = recorded_roots(run_dir, read_run_config(run_dir), data=data, store=store)
-    check_data_root("data", data, [*splits, split])
-    check_store_root("store", store)
-    return resolve_device(check_device("device", device))
+    device = check_device("device", device)
+    data_root, store_root = check_run_roots(run_dir, read_run_config(run_dir), data=data, store=store,
+                                            splits=[*splits, split])
+    return resolve_device(device), data_root.path, store_root.path
 
 
 def main(argv: Sequence[str]) -> int:

@@ -125,6 +125,7 @@ def _run(cfg: ImportCheckpointConfig) -> int:
         "imported_from": {"ckpt": str(ckpt_path.resolve()), "config": describe(ckpt)},
         "store": str(Path(cfg.store).resolve()),  # absolute: the run dir works from any directory
         "data": str(Path(cfg.data).resolve()) if cfg.data else "",  # "" (not given): evaluate / predict then need data=DIR
+        "out": str(Path(cfg.out).resolve()),  # where data / store were recorded from (`train_heads.run.locate_root`)
         "num_seen": cfg.num_seen,  # Run.num_seen = max(num_seen, N_in): 0 -> the reference's N_in key set
         "convention": cfg.convention,
         # a released reference model: evaluate / predict / report follow the reference (train_heads/protocol.py)

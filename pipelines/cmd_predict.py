@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -50,24 +49,19 @@ def _run(cfg: PredictConfig) -> int:
     from train_heads.generators import create_generators
     from train_heads.inputs import load_bank, split_windows
     from train_heads.protocol import key_set_label, run_amp
-    from train_heads.run import load_run, run_roots
+    from train_heads.run import load_run
 
     from pipelines.checks import check_registry
     from pipelines.cmd_evaluate import check_inputs
     from train_heads.generators import GENERATORS
 
-    cfg.device = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
+    cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
     generator, why = (cfg.generator, f"given as generator={cfg.generator}") if cfg.generator else selected_generator(cfg.run, cfg.checkpoint)
     check_registry("generator", generator, GENERATORS)
     log.info("generator %s (%s)", generator, why)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     amp, amp_why = run_amp(run.cfg, cfg.amp)
     head = run.cfg["head"]
-    try:
-        data, store = run_roots(run, data=cfg.data, store=cfg.store)
-    except ValueError as err:
-        print(f"lta predict: {err}", file=sys.stderr)
-        return 2
     num_seen, convention = run.num_seen, run.convention
     k, z = run.num_sequences, head["num_future"]
     ann = load_split(data, cfg.split)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -179,13 +178,13 @@ def _run(cfg: ReportConfig) -> int:
     from features.version import code_version
     from train_heads.fingerprint import file_sha256
     from train_heads.protocol import run_amp
-    from train_heads.run import checkpoint_path, load_run, run_roots
+    from train_heads.run import checkpoint_path, load_run
 
     if cfg.windows < 0 or cfg.thumb_width < 16:
         raise ValueError(f"need windows >= 0 and thumb_width >= 16, got {cfg.windows} and {cfg.thumb_width}")
     from pipelines.cmd_evaluate import check_inputs
 
-    cfg.device = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)  # before loading
+    cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)  # before loading
     if not cfg.generator:  # the sequences `lta predict` writes by default
         from pipelines.cmd_predict import selected_generator
 
@@ -195,11 +194,6 @@ def _run(cfg: ReportConfig) -> int:
     amp, amp_why = run_amp(run.cfg, cfg.amp)
     log.info("precision: amp=%s (%s)", str(amp).lower(), amp_why)
     head = run.cfg["head"]
-    try:
-        data, store = run_roots(run, data=cfg.data, store=cfg.store)
-    except ValueError as err:
-        print(f"lta report: {err}", file=sys.stderr)
-        return 2
     num_seen, convention = run.num_seen, run.convention
     k, z, n_in = run.num_sequences, head["num_future"], head["num_input"]
     ann = load_split(data, cfg.split)

@@ -81,7 +81,8 @@ def train_from_config(cfg: TrainHeadsConfig) -> dict:
 
     prepare_run_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)  # before any data is loaded
     # absolute paths in the run's config.yaml: evaluate / predict / report work from any directory
-    cfg.data, cfg.store = str(Path(cfg.data).resolve()), str(Path(cfg.store).resolve())
+    # and the run dir they were recorded from, so a run dir copied with its data and store reads the copies
+    cfg.data, cfg.store, cfg.out = (str(Path(p).resolve()) for p in (cfg.data, cfg.store, cfg.out))
     keys = resolve_feature_keys(cfg.store, [m.name for m in cfg.head.modalities], cfg.features)
     log.info("features: %s", keys)
     bank = load_bank(cfg.store, keys, splits=["train", "val"])
@@ -100,8 +101,9 @@ def train_from_config(cfg: TrainHeadsConfig) -> dict:
 
 def _run(cfg: TrainHeadsConfig) -> int:
     check_config(cfg)
+    out = cfg.out  # as given (train_from_config records it absolute)
     metrics = train_from_config(cfg)
-    print(f"{cfg.out}: best {metrics['select_metric']} {metrics['best']:.4f} at epoch {metrics['best_epoch']}")
+    print(f"{out}: best {metrics['select_metric']} {metrics['best']:.4f} at epoch {metrics['best_epoch']}")
     return 0
 
 

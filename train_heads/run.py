@@ -169,21 +169,70 @@ def resolve_run_path(run_dir: str | Path, value: str) -> str:
     return str(beside.resolve() if beside.exists() or not p.exists() else p.resolve())
 
 
-def recorded_roots(run_dir: str | Path, cfg: dict, *, data: str = "", store: str = "") -> tuple[str, str]:
-    """(dataset root, store root) of a run: the given ones, else those its config records (see `resolve_run_path`).
+ARGUMENT, RUN_DIR_RELATIVE, RECORDED = "argument", "run dir relative", "recorded"
+
+
+@dataclass(frozen=True)
+class RunRoot:
+    """Where a run's dataset or store root is, and where that came from: the command line (`argument`), the
+    recorded path taken relative to the run dir's current place (`run dir relative`: a run dir copied or moved
+    together with its data and store), or the path as recorded (`recorded`)."""
+
+    key: str  # "data" or "store"
+    path: str
+    source: str  # ARGUMENT | RUN_DIR_RELATIVE | RECORDED
+    config: str  # the run's config.yaml
+
+    def describe(self) -> str:
+        """`data /p (argument)` / `data /p (run dir relative)` / `data /p (recorded in <run>/config.yaml)`."""
+        where = f"recorded in {self.config}" if self.source == RECORDED else self.source
+        return f"{self.key} {self.path} ({where})"
+
+
+def locate_root(run_dir: str | Path, cfg: dict, key: str, given: str = "") -> RunRoot:
+    """The `key` root ("data" or "store") of a run: `given` when not empty, else the recorded one resolved
+    relative to the run dir first (an absolute recorded path is taken relative to the run dir it was recorded
+    in, `out` in the config, so a run dir copied together with its data and store reads the copies), then as
+    recorded.
 
     Raises:
-        UsageError: neither gives one (e.g. a run imported without data=), naming the run and the key to pass.
+        UsageError: the run records none (e.g. imported without data=), naming the run and the key to pass.
     """
+    import os
+
     from features.errors import UsageError
 
-    out = []
-    for given, name, what in ((data, "data", "dataset root"), (store, "store", "feature store root")):
-        value = given or cfg.get(name) or ""
-        if not value:
-            raise UsageError(f"run {run_dir} records no {what} ({Path(run_dir) / CONFIG_FILE}); pass {name}=DIR")
-        out.append(str(Path(value).expanduser()) if given else resolve_run_path(run_dir, str(value)))
-    return out[0], out[1]
+    config = str(Path(run_dir) / CONFIG_FILE)
+    if given:
+        return RunRoot(key, str(Path(given).expanduser()), ARGUMENT, config)
+    value = str(cfg.get(key) or "")
+    if not value:
+        what = {"data": "dataset root", "store": "feature store root"}.get(key, key)
+        raise UsageError(f"run {run_dir} records no {what} ({config}); pass {key}=DIR")
+    recorded = Path(value).expanduser()
+    written_in = str(cfg.get("out") or "")
+    if not recorded.is_absolute():
+        relative: str | None = str(recorded)
+    elif written_in and Path(written_in).is_absolute():
+        relative = os.path.relpath(recorded, written_in)
+    else:
+        relative = None  # a run that does not record where it was written
+    if relative is not None:
+        beside = Path(run_dir) / relative
+        if beside.exists() and (not recorded.is_absolute() or beside.resolve() != recorded.resolve()):
+            return RunRoot(key, str(beside.resolve()), RUN_DIR_RELATIVE, config)
+    return RunRoot(key, resolve_run_path(run_dir, value), RECORDED, config)
+
+
+def locate_roots(run_dir: str | Path, cfg: dict, *, data: str = "", store: str = "") -> tuple[RunRoot, RunRoot]:
+    """(dataset root, store root) of a run, see `locate_root`."""
+    return locate_root(run_dir, cfg, "data", data), locate_root(run_dir, cfg, "store", store)
+
+
+def recorded_roots(run_dir: str | Path, cfg: dict, *, data: str = "", store: str = "") -> tuple[str, str]:
+    """(dataset root, store root) paths of a run: the given ones, else the recorded ones (see `locate_root`)."""
+    d, s = locate_roots(run_dir, cfg, data=data, store=store)
+    return d.path, s.path
 
 
 def read_run_config(run_dir: str | Path) -> dict:

@@ -1,0 +1,79 @@
+"""A researcher's first day, second pass (issue 25), through the real `lta` CLI: run dirs that travel, evaluate
+results merged per generator, no silent overwrites, usage errors before any data loads.
+
+One tiny head trained in-process on a synthetic store (a few seconds) serves every test; tests that change a
+run work on a copy of it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from features.store import RowTable  # noqa: F401 - features first (import order of the project)
+from pipelines import cmd_train_heads
+from test_cli_usability import MODALITIES, TRAIN, assert_one_line, lta
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, one_torch_thread):
+    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+
+    root = tmp_path_factory.mktemp("first_day")
+    plan = write_synthetic_dataset(root / "data", clips=16, seed=5)
+    write_synthetic_stores(root / "data", root / "store", plan, modalities=MODALITIES, noise=1.0)
+    assert cmd_train_heads.main([f"data={root / 'data'}", f"store={root / 'store'}", f"out={root / 'run'}", *TRAIN]) == 0
+    return {"root": root, "data": root / "data", "store": root / "store", "run": root / "run"}
+
+
+def copy_project(tiny, dest: Path, *, data: bool = True, store: bool = True) -> Path:
+    """`dest` holding a copy of the run dir (and of the data and store beside it, as the demo lays them out)."""
+    shutil.copytree(tiny["run"], dest / "run")
+    if data:
+        shutil.copytree(tiny["data"], dest / "data")
+    if store:
+        shutil.copytree(tiny["store"], dest / "store")
+    return dest / "run"
+
+
+def roots_line(stdout: str) -> str:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("run ")]
+    assert len(lines) == 1, stdout
+    return lines[0]
+
+
+# --- item 1: run dirs that travel ---------------------------------------------------------------------
+
+def test_a_copied_run_dir_reads_the_copies_and_says_so(tiny, tmp_path):
+    run = copy_project(tiny, tmp_path / "copy")
+    res = lta("predict", f"run={run}", "split=val", "device=cpu", f"out={tmp_path / 'a.json'}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = roots_line(res.stdout)
+    assert f"data {tmp_path / 'copy' / 'data'} (run dir relative)" in line, line
+    assert f"store {tmp_path / 'copy' / 'store'} (run dir relative)" in line, line
+    # without the copied data: the recorded (original) one, named as recorded
+    shutil.rmtree(tmp_path / "copy" / "data")
+    res = lta("predict", f"run={run}", "split=val", "device=cpu", f"store={tiny['store']}", f"out={tmp_path / 'b.json'}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = roots_line(res.stdout)
+    assert f"data {tiny['data']} (recorded in {run / 'config.yaml'})" in line, line
+    assert f"store {tiny['store']} (argument)" in line, line
+
+
+def test_every_missing_root_in_one_error_named_by_its_source(tiny, tmp_path):
+    run = copy_project(tiny, tmp_path / "copy", data=False, store=False)
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace(f"data: {tiny['data']}", f"data: {tmp_path / 'gone_data'}")
+                   .replace(f"store: {tiny['store']}", f"store: {tmp_path / 'gone_store'}"))
+    for command in ("evaluate", "predict", "report"):
+        line = assert_one_line(lta(command, f"run={run}", "split=val", "device=cpu"), 2,
+                               f"data {tmp_path / 'gone_data'} (recorded in {cfg})",
+                               f"store {tmp_path / 'gone_store'} (recorded in {cfg})", "pass data=DIR", "pass store=DIR")
+        assert "data=/" not in line and "store=/" not in line, line
+    # a root given on the command line is named as the argument, the other by its source
+    line = assert_one_line(lta("evaluate", f"run={run}", f"data={tmp_path / 'typo'}", "device=cpu"), 2,
+                           f"data={tmp_path / 'typo'}: dataset root does not exist",
+                           f"store {tmp_path / 'gone_store'} (recorded in {cfg})")
+    assert not list(run.glob("metrics_val*")) and not (run / "outputs.json").exists()
