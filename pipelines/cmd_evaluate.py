@@ -35,7 +35,8 @@ class EvaluateConfig:
 def _run(cfg: EvaluateConfig) -> int:
     from train_heads.baselines import TrainingSet
     from pipelines.checks import check_choices
-    from train_heads.evaluate import evaluate_split, evaluation_baselines, plot_ed_curves
+    from train_heads.evaluate import (evaluate_split, evaluation_baselines, merge_evaluations, plot_ed_curves,
+                                      select_generator)
     from train_heads.generators import create_generators, list_generators
     from train_heads.inputs import load_bank, split_windows
     from train_heads.fingerprint import evaluation_fingerprint
@@ -79,19 +80,25 @@ def _run(cfg: EvaluateConfig) -> int:
         key_sets[label] = (num_seen, len(other))
     metrics["key_sets"] = {label or "main": key_set_label(run.cfg, n, head["num_input"], run.convention)
                            for label, (n, _) in key_sets.items()}
+    metrics.update({"amp": amp, "amp_reason": amp_why})
+    metrics.update({"run": str(run.run_dir), "split": cfg.split, "checkpoint": cfg.checkpoint,
+                    "cache_keys": run.cache_keys, "fingerprint": fingerprint})
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / f"metrics_{cfg.split}.json"
+    # merged with the file's results for this checkpoint and settings: a partial evaluate adds, never forgets
+    previous = read_json(out)
+    if previous.get("amp", amp) != amp:  # precision is a setting too (the fingerprint predates it)
+        previous = {}
+    metrics, kept = merge_evaluations(previous, metrics)
+    if kept:
+        print(f"kept the earlier results of {', '.join(kept)} in {out} (same checkpoint sha256 and settings)")
     # `lta predict` uses, by default, a reference run's reference generator, else the lowest val action ED
     reference = reference_generator(run.cfg)
     if reference is not None:
         metrics["selected_generator"], metrics["selected_generator_reason"] = reference
     else:
-        metrics["selected_generator"] = min(cfg.generators, key=lambda g: (metrics[f"model.{g}.action_ed"],
-                                                                            cfg.generators.index(g)))
+        metrics["selected_generator"] = select_generator(metrics)  # over everything scored for this checkpoint
         metrics["selected_generator_reason"] = "lowest val action ED" if cfg.split == "val" else \
             f"lowest {cfg.split} action ED"
-    metrics.update({"amp": amp, "amp_reason": amp_why})
-    metrics.update({"run": str(run.run_dir), "split": cfg.split, "checkpoint": cfg.checkpoint,
-                    "cache_keys": run.cache_keys, "fingerprint": fingerprint})
-    out = Path(cfg.out) if cfg.out else Path(cfg.run) / f"metrics_{cfg.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")  # atomic: an interrupted evaluate never leaves a partial file
     tmp.write_text(json.dumps(metrics, indent=1) + "\n")
@@ -115,6 +122,15 @@ def _run(cfg: EvaluateConfig) -> int:
           f"amp={str(amp).lower()} ({amp_why})")
     print(f"wrote {out}")
     return 0
+
+
+def read_json(path: Path) -> dict:
+    """A stored evaluation, {} when there is none or it is unreadable (then it is replaced)."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable (%s); replacing it", path, err)
+        return {}
 
 
 def check_inputs(run: str, checkpoint: str, split: str, device: str, data: str = "", store: str = "",

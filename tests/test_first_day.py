@@ -77,3 +77,45 @@ def test_every_missing_root_in_one_error_named_by_its_source(tiny, tmp_path):
                            f"data={tmp_path / 'typo'}: dataset root does not exist",
                            f"store {tmp_path / 'gone_store'} (recorded in {cfg})")
     assert not list(run.glob("metrics_val*")) and not (run / "outputs.json").exists()
+
+
+# --- item 2: a partial evaluate adds to the run's metrics, never changes predict's choice for the worse ---
+
+def test_partial_evaluate_merges_per_generator_and_keeps_predicts_choice(tiny, tmp_path):
+    run = copy_project(tiny, tmp_path / "copy")
+    both = ["sample", "greedy+sample"]
+    res = lta("evaluate", f"run={run}", f"generators=[{','.join(both)}]", "baselines=[frequency_prior]", "device=cpu")
+    assert res.returncode == 0, res.stderr[-2000:]
+    first = json.loads((run / "metrics_val.json").read_text())
+    best = min(both, key=lambda g: (first[f"model.{g}.action_ed"], both.index(g)))
+    worse = next(g for g in both if g != best)
+    assert first["selected_generator"] == best
+    res = lta("evaluate", f"run={run}", f"generators=[{worse}]", "baselines=[]", "device=cpu")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"kept the earlier results of model.{best}, frequency_prior" in res.stdout, res.stdout
+    merged = json.loads((run / "metrics_val.json").read_text())
+    assert merged["selected_generator"] == best
+    for method in (f"model.{best}", f"model.{worse}", "frequency_prior"):
+        assert merged[f"{method}.action_ed"] == first[f"{method}.action_ed"], method
+    assert set(merged["fingerprint"]["generators"]) == set(both)
+    res = lta("predict", f"run={run}", "split=val", "device=cpu", f"out={tmp_path / 'o.json'}")
+    assert res.returncode == 0 and f"generator {best} (lowest val action ED" in res.stdout, res.stdout + res.stderr[-2000:]
+
+
+def test_merge_keeps_only_results_of_the_same_checkpoint_and_settings():
+    from train_heads.evaluate import merge_evaluations, select_generator
+    from train_heads.fingerprint import with_id
+
+    def evaluation(sha: str, seed: int, **eds: float) -> dict:
+        fp = with_id({"checkpoint_sha256": sha, "seed": seed, "generators": [g for g in eds if g != "markov"],
+                      "baselines": ["markov"] if "markov" in eds else []})
+        return {"fingerprint": fp, **{(k if k == "markov" else f"model.{k}") + ".action_ed": v for k, v in eds.items()}}
+
+    old = evaluation("a", 0, sample=0.9, mbr=0.8, markov=0.95)
+    merged, kept = merge_evaluations(old, evaluation("a", 0, sample=0.85))
+    assert kept == ["model.mbr", "markov"] and select_generator(merged) == "mbr"
+    assert merged["model.sample.action_ed"] == 0.85 and merged["fingerprint"]["generators"] == ["sample", "mbr"]
+    assert merged["fingerprint"] == old["fingerprint"]  # a subset scored again: the same inputs, the same id
+    for other in (evaluation("b", 0, sample=0.85), evaluation("a", 1, sample=0.85)):  # another checkpoint / seed
+        replaced, kept = merge_evaluations(old, other)
+        assert kept == [] and replaced == other and select_generator(replaced) == "sample"

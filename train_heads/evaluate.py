@@ -165,6 +165,41 @@ def plot_ed_curves(metrics: dict[str, Any], path: str, *, title: str = "") -> No
     plt.close(fig)
 
 
+def merge_evaluations(previous: dict[str, Any], new: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`new` (an `lta evaluate` result with its `fingerprint`) merged over `previous` (the run's stored one), and
+    the methods kept from `previous`.
+
+    The results are merged only when both scored the same checkpoint bytes (sha256) with the same inputs and
+    settings, everything but which generators and baselines were scored: then a partial evaluate (e.g.
+    `generators=[sample]`) adds to or refreshes its methods and keeps the others', and the fingerprint lists the
+    union. Otherwise `new` replaces `previous` (the list is empty)."""
+    from train_heads.fingerprint import SCORED_FIELDS, with_id
+
+    old_fp, new_fp = previous.get("fingerprint") or {}, new["fingerprint"]
+    if not old_fp or any(old_fp.get(k) != v for k, v in new_fp.items() if k not in (*SCORED_FIELDS, "id")):
+        return dict(new), []
+    scored = {f"{m}." for m in scored_methods(new)}
+    kept = [m for m in scored_methods(previous) if f"{m}." not in scored]
+    merged = {k: v for k, v in previous.items() if any(k.startswith(f"{m}.") for m in kept)}
+    merged.update(new)
+    merged["fingerprint"] = with_id({**new_fp, **{k: list(dict.fromkeys([*old_fp.get(k, []), *new_fp[k]]))
+                                                  for k in SCORED_FIELDS}})
+    merged["oracle_methods"] = [m for m in ORACLE_METHODS if f"{m}.action_ed" in merged]
+    return merged, kept
+
+
+def scored_methods(metrics: dict[str, Any]) -> list[str]:
+    """The scored methods of an evaluation: `model.<generator>` and the baselines (`<method>.action_ed`)."""
+    return [k[: -len(".action_ed")] for k in metrics if k.endswith(".action_ed")]
+
+
+def select_generator(metrics: dict[str, Any]) -> str:
+    """The generator `lta predict` uses by default: the lowest action ED among those the evaluation scored
+    (`fingerprint.generators`, in that order on a tie)."""
+    generators = [g for g in metrics["fingerprint"]["generators"] if f"model.{g}.action_ed" in metrics]
+    return min(generators, key=lambda g: (metrics[f"model.{g}.action_ed"], generators.index(g)))
+
+
 # methods whose predictions read the evaluated split's true labels: upper bounds, not comparable with the model
 ORACLE_METHODS = ("markov_oracle",)
 

@@ -35,12 +35,24 @@ def evaluation_fingerprint(*, checkpoint_file: str | Path, data: str | Path, spl
         "mbr_samples": int(mbr_samples),
         "num_sequences": int(num_sequences),
     }
-    fp["id"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-    return fp
+    return with_id(fp)
+
+
+def with_id(fp: Mapping[str, Any]) -> dict[str, Any]:
+    """`fp` with its `id`: a hash of every other field."""
+    fields = {k: v for k, v in fp.items() if k != "id"}
+    return {**fields, "id": hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]}
+
+
+# fields naming what was scored, not what the scores depend on: a stored evaluation that scored more covers a request
+SCORED_FIELDS = ("generators", "baselines")
 
 
 def fingerprint_differences(stored: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> list[str]:
-    """Names of the fingerprint fields that differ (`["fingerprint"]` when `stored` has none)."""
+    """Names of the fingerprint fields that differ (`["fingerprint"]` when `stored` has none). `generators` and
+    `baselines` differ only when `stored` lacks one that `wanted` lists (an evaluation merged from several
+    `lta evaluate` calls, see `train_heads.evaluate.merge_evaluations`, covers each of them)."""
     if not stored:
         return ["fingerprint"]
-    return [k for k in wanted if k != "id" and stored.get(k) != wanted[k]] or (["id"] if stored.get("id") != wanted["id"] else [])
+    return [k for k in wanted if k != "id" and (not set(wanted[k]) <= set(stored.get(k) or ()) if k in SCORED_FIELDS
+                                                else stored.get(k) != wanted[k])]
