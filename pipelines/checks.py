@@ -55,6 +55,16 @@ def check_file(key: str, path: str | Path, what: str) -> Path:
     return p
 
 
+def check_new_file(key: str, path: str | Path, overwrite: bool) -> Path:
+    """`path` is a file to write: refused when it exists and `overwrite` is false (nothing is replaced silently)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{key}={path}: is a directory; give a file name")
+    if p.exists() and not overwrite:
+        raise UsageError(f"{key}={path}: already exists; pass overwrite=true to replace it, or another {key}=")
+    return p
+
+
 def check_data_root(key: str, path: str | Path, splits: Sequence[str] = (), *, label: str | None = None) -> Path:
     """A dataset root: a directory with `annotations/` and the annotation file of every split in `splits`."""
     from features.annotations import ANNOTATION_DIR, SPLIT_FILES

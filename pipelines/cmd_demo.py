@@ -169,7 +169,8 @@ def _stage_predict(run: Path, generator: str, data: Path, out: Path) -> dict:
     from pipelines import cmd_predict, cmd_score
 
     outputs = run / "outputs.json"
-    _check(cmd_predict.main([f"run={run}", "split=test", f"out={outputs}", f"generator={generator}"]), "predict")
+    _check(cmd_predict.main([f"run={run}", "split=test", f"out={outputs}", f"generator={generator}",
+                                  "overwrite=true"]), "predict")  # the demo re-runs every stage
     _check(cmd_score.main([f"data={data}", "split=test", f"predictions={outputs}", "withheld_labels=true",
                            f"out={out}"]), "score")
     return json.loads(out.read_text())
@@ -226,7 +227,7 @@ def _run(cfg: DemoConfig) -> int:
         from pipelines import cmd_report
 
         st.run("report", f"{report_path}", lambda: _check(cmd_report.main(
-            [f"run={runs[best['run']]}", "split=val", f"out={report_path}", f"generator={best['generator']}",
+            [f"run={runs[best['run']]}", "split=val", f"out={report_path}", "overwrite=true", f"generator={best['generator']}",
              f"generators=[{','.join(cfg.generators)}]", f"baselines=[{','.join(BASELINES)}]", "mbr_samples=64"]),
             "report"))  # the evaluate settings above: the report reuses that metrics_val.json (same fingerprint)
     num_val = next(iter(metrics.values())).get("num_windows", 0)

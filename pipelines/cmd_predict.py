@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 class PredictConfig:
     run: str = opt("runs/head", "run dir")
     split: str = opt("test", "split to predict (any split)")
-    out: str = opt("outputs.json", "challenge file to write")
+    out: str = opt("", "challenge file to write; empty = <run>/outputs.json for split=test, <run>/outputs_<split>.json "
+                       "otherwise (provenance in <out>.provenance.json)")
+    overwrite: bool = opt(False, "replace an existing out file (without it that is an error)")
     checkpoint: str = opt("best", "checkpoint name in <run>/checkpoints")
     generator: str = opt("", "generation strategy; empty = a reference run's reference procedure (sample: K "
                              "independent draws at T=1), else the one the run selected on val (lowest action ED in "
@@ -51,13 +53,14 @@ def _run(cfg: PredictConfig) -> int:
     from train_heads.protocol import key_set_label, run_amp
     from train_heads.run import load_run
 
-    from pipelines.checks import check_registry
+    from pipelines.checks import check_new_file, check_registry
     from pipelines.cmd_evaluate import check_inputs
     from train_heads.generators import GENERATORS
 
     cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
     generator, why = (cfg.generator, f"given as generator={cfg.generator}") if cfg.generator else selected_generator(cfg.run, cfg.checkpoint)
     check_registry("generator", generator, GENERATORS)
+    cfg.out = str(check_new_file("out", cfg.out or default_out(cfg.run, cfg.split), cfg.overwrite))
     log.info("generator %s (%s)", generator, why)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     amp, amp_why = run_amp(run.cfg, cfg.amp)
@@ -89,10 +92,36 @@ def _run(cfg: PredictConfig) -> int:
         log.warning("%d of %d keys lack features; frequency-prior fallback, e.g. %s", len(fallback), len(expected), fallback[:3])
     Path(str(cfg.out) + ".fallback.json").write_text(json.dumps(
         {"fallback": "frequency_prior", "reason": "observed segments without cached features", "keys": fallback}, indent=1) + "\n")
+    write_provenance(cfg, run, data, store, generator, why, num_keys=len(expected), num_fallback=len(fallback))
     print(f"wrote {cfg.out}: {len(expected)} keys ({len(expected) - len(fallback)} from the model, "
           f"{len(fallback)} frequency-prior fallback), generator {generator} ({why}); keys "
           f"{key_set_label(run.cfg, num_seen, head['num_input'], convention)}; amp={str(amp).lower()} ({amp_why})")
     return 0
+
+
+def default_out(run: str, split: str) -> Path:
+    """`<run>/outputs.json` for the test split (the challenge file), `<run>/outputs_<split>.json` for another."""
+    return Path(run) / ("outputs.json" if split == "test" else f"outputs_{split}.json")
+
+
+def write_provenance(cfg: PredictConfig, run, data: str, store: str, generator: str, why: str, *, num_keys: int,
+                     num_fallback: int) -> Path:
+    """`<out>.provenance.json`: which run, checkpoint (sha256), generator and code wrote `<out>`, and with what.
+
+    A sidecar, not keys in outputs.json: the challenge file holds window keys only (reference doc, section 4.2)."""
+    from features.version import code_version
+    from train_heads.fingerprint import file_sha256
+    from train_heads.run import checkpoint_path
+
+    path = Path(str(cfg.out) + ".provenance.json")
+    record = {"outputs": str(Path(cfg.out).resolve()), "run": str(Path(cfg.run).resolve()), "split": cfg.split,
+              "checkpoint": cfg.checkpoint, "checkpoint_sha256": file_sha256(checkpoint_path(cfg.run, cfg.checkpoint)),
+              "generator": generator, "generator_choice": why, "seed": cfg.seed, "temperature": cfg.temperature,
+              "mbr_samples": cfg.mbr_samples, "num_sequences": run.num_sequences, "cache_keys": dict(run.cache_keys),
+              "data": data, "store": store, "num_keys": num_keys, "num_fallback_keys": num_fallback,
+              "code_version": code_version()}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
 
 
 def selected_generator(run_dir: str, checkpoint: str) -> tuple[str, str]:

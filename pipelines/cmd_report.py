@@ -20,7 +20,8 @@ REPORT_CACHE = "report_cache"  # <run>/report_cache/metrics_<split>.json: the re
 class ReportConfig:
     run: str = opt("runs/head", "run dir (from train-heads or import-checkpoint)")
     split: str = opt("val", "split to show; on test (no labels) predictions are not coloured")
-    out: str = opt("report.html", "HTML file to write")
+    out: str = opt("", "HTML file to write; empty = <run>/report.html for split=val, <run>/report_<split>.html otherwise")
+    overwrite: bool = opt(False, "replace an existing out file (without it that is an error)")
     windows: int = opt(6, "windows to show, drawn with `seed`")
     keys: list[str] = opt([], "window keys (<clip_uid>_<action_idx>) to show instead of drawn ones")
     seed: int = opt(0, "seed of the window draw and of the sampled sequences (same as lta predict)")
@@ -185,6 +186,10 @@ def _run(cfg: ReportConfig) -> int:
     from pipelines.cmd_evaluate import check_inputs
 
     cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)  # before loading
+    from pipelines.checks import check_new_file
+
+    default = Path(cfg.run) / ("report.html" if cfg.split == "val" else f"report_{cfg.split}.html")
+    cfg.out = str(check_new_file("out", cfg.out or default, cfg.overwrite))
     if not cfg.generator:  # the sequences `lta predict` writes by default
         from pipelines.cmd_predict import selected_generator
 

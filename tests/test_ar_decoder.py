@@ -316,4 +316,5 @@ def test_beam_search_through_lta_predict(tmp_path):
     predictions = json.loads(out.read_text())
     assert predictions and all(np.shape(p["verb"]) == (5, 20) for p in predictions.values())
     with pytest.raises(ValueError, match="needs an autoregressive decoder"):
-        cmd_predict.main([f"run={tmp_path / 'multihead'}", "split=val", f"out={out}", "generator=beam_search"])
+        cmd_predict.main([f"run={tmp_path / 'multihead'}", "split=val", f"out={tmp_path / 'mh.json'}",
+                          "generator=beam_search"])

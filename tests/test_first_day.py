@@ -119,3 +119,31 @@ def test_merge_keeps_only_results_of_the_same_checkpoint_and_settings():
     for other in (evaluation("b", 0, sample=0.85), evaluation("a", 1, sample=0.85)):  # another checkpoint / seed
         replaced, kept = merge_evaluations(old, other)
         assert kept == [] and replaced == other and select_generator(replaced) == "sample"
+
+
+# --- item 3: predict and report write into the run dir, never over an existing file ----------------------
+
+def test_predict_and_report_default_into_the_run_dir_and_never_overwrite(tiny, tmp_path):
+    import hashlib
+
+    from features.version import code_version
+
+    run = copy_project(tiny, tmp_path / "copy")
+    res = lta("predict", f"run={run}", "split=test", "device=cpu")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = run / "outputs.json"
+    written = out.read_bytes()
+    assert f"wrote {out}" in res.stdout and set(json.loads(written)) and "generator" not in json.loads(written)
+    prov = json.loads((run / "outputs.json.provenance.json").read_text())
+    assert prov["run"] == str(run) and prov["split"] == "test" and prov["checkpoint"] == "best"
+    assert prov["checkpoint_sha256"] == hashlib.sha256((run / "checkpoints" / "best.pt").read_bytes()).hexdigest()
+    assert prov["generator"] == "sample" and prov["code_version"] == code_version()
+    assert_one_line(lta("predict", f"run={run}", "split=test", "device=cpu"), 2,
+                    f"out={out}: already exists", "overwrite=true")
+    assert out.read_bytes() == written
+    # report: refused before anything loads, the existing page kept
+    (run / "report.html").write_text("my notes")
+    assert_one_line(lta("report", f"run={run}", "device=cpu"), 2, f"out={run / 'report.html'}: already exists")
+    assert (run / "report.html").read_text() == "my notes"
+    res = lta("predict", f"run={run}", "split=test", "device=cpu", "overwrite=true")
+    assert res.returncode == 0 and out.read_bytes() == written, res.stderr[-2000:]  # same run, seed: same file

@@ -354,7 +354,7 @@ def test_a_partial_or_damaged_evaluate_is_not_shown(run_copy, tmp_path):
     # asked for that evaluate's settings, the report shows exactly its rows, without evaluating again
     cache_mtime = Path(REPORT_METRICS.format(run=run_copy)).stat().st_mtime_ns
     assert cmd_report.main([f"run={run_copy}", "split=val", f"out={out}", "windows=1", "seed=1", "generators=[sample]",
-                            "baselines=[frequency_prior]"]) == 0
+                            "baselines=[frequency_prior]", "overwrite=true"]) == 0
     assert sorted(_ed_rows(_parse(out.read_text()))) == sorted(k[: -len(".action_ed")] for k in partial)
     assert Path(REPORT_METRICS.format(run=run_copy)).stat().st_mtime_ns == cache_mtime
 
