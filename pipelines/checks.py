@@ -91,11 +91,51 @@ def check_store_root(key: str, path: str | Path, *, label: str | None = None) ->
     """A feature store root holding at least one `<key>.zarr` / `<key>.h5` store."""
     from features.store import store_paths
 
+    name = _named(key, path, label)
+    p = Path(path)
+    if p.suffix in (".zarr", ".h5") and p.exists():
+        raise UsageError(f"{name}: is one feature store, not a store root; pass {key}={p.parent} (the folder holding "
+                         f"{p.name})")
     root = check_dir(key, path, "feature store root", label=label)
     if not store_paths(root):
-        raise UsageError(f"{_named(key, path, label)}: feature store root holds no stores (no <key>.zarr / <key>.h5; "
+        below = sorted({q.parent for q in root.glob("*/*") if q.suffix in (".zarr", ".h5") and not q.name.startswith(".")})
+        if below:
+            raise UsageError(f"{name}: holds no stores directly, {below[0]} does; pass {key}={below[0]}"
+                             + (f" (or one of {[str(b) for b in below[1:]]})" if len(below) > 1 else ""))
+        raise UsageError(f"{name}: feature store root holds no stores (no <key>.zarr / <key>.h5; "
                          f"run `lta extract store={path}` first)")
     return root
+
+
+def check_cache_keys(store_root: str | Path, cache_keys: dict[str, str], *, label: str) -> None:
+    """Every cache key a run was trained on (modality -> key) is a store under `store_root`; else one UsageError
+    naming the missing keys and the stores there."""
+    from features.store import store_paths
+
+    available = sorted(p.stem for p in store_paths(store_root))
+    missing = {m: k for m, k in cache_keys.items() if k not in available}
+    if missing:
+        raise UsageError(f"{label}: no store of the run's features {missing} (the store root holds {available}); "
+                         "pass store= the root its features were extracted into")
+
+
+def check_at_least(values: Sequence[tuple[str, float, float]]) -> None:
+    """Each (key, value, lowest) must have value >= lowest: `train.epochs=0` is a usage error, not a crash later."""
+    for key, value, low in values:
+        if value < low:
+            raise UsageError(f"{key}={value}: must be >= {low}")
+
+
+def check_generators_fit(key: str, generators: Sequence[str], decoder: str) -> None:
+    """Generators that need an autoregressive decoder (beam_search) refused on a run whose decoder is not one."""
+    from train_heads.decoders import DECODERS
+    from train_heads.generators import GENERATORS
+
+    autoregressive = getattr(DECODERS.get(decoder), "autoregressive", False)
+    for name in generators:
+        if getattr(GENERATORS.get(name), "requires_autoregressive", False) and not autoregressive:
+            raise UsageError(f"{key}={name}: needs an autoregressive decoder (head.decoder=autoregressive), "
+                             f"not head.decoder={decoder}; use sample, greedy+sample, mbr or mbr_set")
 
 
 def check_run_roots(run_dir: str | Path, cfg: dict, *, data: str = "", store: str = "",
@@ -121,6 +161,12 @@ def check_run_roots(run_dir: str | Path, cfg: dict, *, data: str = "", store: st
     if problems:
         raise UsageError("; ".join(problems))
     data_root, store_root = roots
+    keys_file = Path(run_dir) / "cache_keys.json"
+    if keys_file.is_file():
+        import json
+
+        check_cache_keys(store_root.path, json.loads(keys_file.read_text())["modalities"],
+                         label=label(store_root) or f"store={store_root.path}")
     print(f"run {run_dir}: {data_root.describe()}, {store_root.describe()}", flush=True)
     return data_root, store_root
 

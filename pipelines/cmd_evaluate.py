@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pipelines.common import run_command
+from pipelines.common import UsageError, run_command
 from pipelines.config import opt
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,10 @@ def _run(cfg: EvaluateConfig) -> int:
     check_choices("generators", cfg.generators, list_generators(), "generator")
     if cfg.baselines:
         check_choices("baselines", cfg.baselines, evaluation_baselines(), "baseline")
+    if cfg.split == "test":  # the challenge's test annotations carry no labels (fho_lta_test_unannotated.json)
+        raise UsageError("split=test: the test split has no labels to score; evaluate a labelled split (split=val), "
+                         "write the challenge file with `lta predict split=test`")
+    check_run_generators(cfg.run, "generators", cfg.generators)
     cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     # what these numbers depend on (checkpoint and annotation hashes, settings): `lta report` reuses them only on a match
@@ -122,6 +126,15 @@ def _run(cfg: EvaluateConfig) -> int:
           f"amp={str(amp).lower()} ({amp_why})")
     print(f"wrote {out}")
     return 0
+
+
+def check_run_generators(run: str, key: str, generators: Sequence[str]) -> None:
+    """The generators fit the run's decoder (beam_search needs an autoregressive one), from its config.yaml,
+    before the model is loaded (UsageError, one line)."""
+    from pipelines.checks import check_generators_fit, check_run_dir
+    from train_heads.run import read_run_config
+
+    check_generators_fit(key, generators, read_run_config(check_run_dir("run", run, None))["head"]["decoder"])
 
 
 def read_json(path: Path) -> dict:

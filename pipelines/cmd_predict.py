@@ -53,14 +53,17 @@ def _run(cfg: PredictConfig) -> int:
     from train_heads.protocol import key_set_label, run_amp
     from train_heads.run import load_run
 
-    from pipelines.checks import check_new_file, check_registry
-    from pipelines.cmd_evaluate import check_inputs
+    from pipelines.checks import check_new_file, check_registry, check_run_dir, check_split
+    from pipelines.cmd_evaluate import check_inputs, check_run_generators
     from train_heads.generators import GENERATORS
 
-    cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
+    check_split("split", cfg.split)
+    check_run_dir("run", cfg.run, cfg.checkpoint)
     generator, why = (cfg.generator, f"given as generator={cfg.generator}") if cfg.generator else selected_generator(cfg.run, cfg.checkpoint)
     check_registry("generator", generator, GENERATORS)
+    check_run_generators(cfg.run, "generator", [generator])
     cfg.out = str(check_new_file("out", cfg.out or default_out(cfg.run, cfg.split), cfg.overwrite))
+    cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
     log.info("generator %s (%s)", generator, why)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     amp, amp_why = run_amp(run.cfg, cfg.amp)

@@ -181,9 +181,11 @@ def _run(cfg: ReportConfig) -> int:
     from train_heads.protocol import run_amp
     from train_heads.run import checkpoint_path, load_run
 
-    if cfg.windows < 0 or cfg.thumb_width < 16:
-        raise ValueError(f"need windows >= 0 and thumb_width >= 16, got {cfg.windows} and {cfg.thumb_width}")
-    from pipelines.cmd_evaluate import check_inputs
+    from pipelines.checks import check_at_least, check_registry
+    from train_heads.generators import GENERATORS
+
+    check_at_least([("windows", cfg.windows, 0), ("thumb_width", cfg.thumb_width, 16)])
+    from pipelines.cmd_evaluate import check_inputs, check_run_generators
 
     cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)  # before loading
     from pipelines.checks import check_new_file
@@ -195,6 +197,9 @@ def _run(cfg: ReportConfig) -> int:
 
         cfg.generator, why = selected_generator(cfg.run, cfg.checkpoint)
         log.info("generator %s (%s)", cfg.generator, why)
+    check_registry("generator", cfg.generator, GENERATORS)
+    check_run_generators(cfg.run, "generator", [cfg.generator])
+    check_run_generators(cfg.run, "generators", cfg.generators)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     amp, amp_why = run_amp(run.cfg, cfg.amp)
     log.info("precision: amp=%s (%s)", str(amp).lower(), amp_why)

@@ -65,9 +65,9 @@ def _ls(cfg: LsConfig) -> int:
 
     header = ["key", "extractor", "filled/total", "dtype", "shape", "size", "created", "code"]
     table = []
-    from pipelines.checks import check_dir
+    from pipelines.checks import check_store_root
 
-    for path in store_paths(check_dir("store", cfg.store, "feature store root")):
+    for path in store_paths(check_store_root("store", cfg.store)):  # a store, its parent, an empty folder: exit 2
         try:
             s = FeatureStore.open(path)
         except Exception as err:  # one bad store must not hide the others
@@ -80,19 +80,15 @@ def _ls(cfg: LsConfig) -> int:
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for row in [header, *table]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
-    if not table:
-        print(f"(no stores under {cfg.store})")
     return 0
 
 
 def _verify(cfg: VerifyConfig) -> int:
     from features.store import FeatureStore, store_paths
 
-    from pipelines.checks import check_dir, did_you_mean
+    from pipelines.checks import check_store_root, did_you_mean
 
-    every = store_paths(check_dir("store", cfg.store, "feature store root"))
-    if not every:
-        raise UsageError(f"store={cfg.store}: no stores (<key>.zarr / <key>.h5) under this root; nothing to verify")
+    every = store_paths(check_store_root("store", cfg.store))  # a store, its parent, an empty folder: exit 2
     paths = [p for p in every if not cfg.key or p.stem == cfg.key]
     if cfg.key and not paths:
         raise UsageError(f"key={cfg.key}: no such store under {cfg.store}{did_you_mean(cfg.key, [p.stem for p in every])}; "

@@ -110,7 +110,7 @@ def validate_jobs(jobs: list[Job]) -> None:
     taken = []
     for job in jobs:
         try:
-            cfg = parse_config(TrainHeadsConfig, job.argv)
+            cfg = parse_config(TrainHeadsConfig, job.argv, "train-heads")
             check_config(cfg)
         except UsageError as err:
             raise UsageError(f"job {job.name} ({job.config}{', ' + str(job.grid) if job.grid else ''}): {err}; "

@@ -38,8 +38,8 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
         UsageError: one line naming the key, the value and the valid choices.
     """
     from features.windows import CONVENTIONS
-    from pipelines.checks import (check_choice, check_data_root, check_device, check_kwargs, check_registry,
-                                  check_store_root)
+    from pipelines.checks import (check_at_least, check_choice, check_data_root, check_device, check_generators_fit,
+                                  check_kwargs, check_registry, check_store_root)
     from train_heads.aggregators import AGGREGATORS
     from train_heads.decoders import DECODERS
     from train_heads.generators import GENERATORS
@@ -50,6 +50,14 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
         check_data_root("data", cfg.data, ["train", "val"])
         check_store_root("store", cfg.store)
     h, t = cfg.head, cfg.train
+    check_at_least([("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1),
+                    ("train.eval_batch_size", t.eval_batch_size, 1), ("train.num_sequences", t.num_sequences, 1),
+                    ("train.warmup_steps", t.warmup_steps, 0), ("train.log_every", t.log_every, 1),
+                    ("train.patience", t.patience, 0), ("train.max_train_windows", t.max_train_windows, 0),
+                    ("head.num_input", h.num_input, 1), ("head.num_future", h.num_future, 1),
+                    ("num_seen", cfg.num_seen, 1), ("max_val_windows", cfg.max_val_windows, 0)])
+    if not t.lr > 0:
+        raise UsageError(f"train.lr={t.lr}: must be > 0")
     check_registry("head.aggregator", h.aggregator, AGGREGATORS)
     check_kwargs("head.aggregator_kwargs", dict(h.aggregator_kwargs), AGGREGATORS.get(h.aggregator),
                  filled=("dim", "num_input"))
@@ -66,10 +74,7 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
     if not 0.0 <= t.flip_prob <= 1.0:
         raise UsageError(f"train.flip_prob={t.flip_prob}: a probability, in [0, 1]")
     check_registry("train.val_generator", t.val_generator, GENERATORS)
-    if getattr(GENERATORS.get(t.val_generator), "requires_autoregressive", False) and \
-            not getattr(DECODERS.get(h.decoder), "autoregressive", False):
-        raise UsageError(f"train.val_generator={t.val_generator}: needs an autoregressive decoder "
-                         f"(head.decoder=autoregressive), not head.decoder={h.decoder}")
+    check_generators_fit("train.val_generator", [t.val_generator], h.decoder)
     check_choice("convention", cfg.convention, list(CONVENTIONS), "convention")
     check_device("train.device", t.device)
 
@@ -77,13 +82,18 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
 def train_from_config(cfg: TrainHeadsConfig) -> dict:
     """Load features and windows as `cfg` says, train, and return the run's metrics."""
     from train_heads.inputs import fill_model_dims, load_bank, resolve_feature_keys, split_windows, subset_windows
-    from train_heads.train import prepare_run_dir, train
+    from train_heads.run import checkpoint_path
+    from train_heads.train import check_resume_config, prepare_run_dir, train
 
-    prepare_run_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)  # before any data is loaded
+    # before any data is loaded: the cache keys, the run dir, and on resume that the config is the run's
+    keys = resolve_feature_keys(cfg.store, [m.name for m in cfg.head.modalities], cfg.features)  # UsageError
+    cfg.features = list(keys.values())
+    prepare_run_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+    if cfg.resume and checkpoint_path(cfg.out, "last").is_file():
+        check_resume_config(Path(cfg.out), cfg, before_loading=True)
     # absolute paths in the run's config.yaml: evaluate / predict / report work from any directory
     # and the run dir they were recorded from, so a run dir copied with its data and store reads the copies
     cfg.data, cfg.store, cfg.out = (str(Path(p).resolve()) for p in (cfg.data, cfg.store, cfg.out))
-    keys = resolve_feature_keys(cfg.store, [m.name for m in cfg.head.modalities], cfg.features)
     log.info("features: %s", keys)
     bank = load_bank(cfg.store, keys, splits=["train", "val"])
     h = cfg.head
@@ -94,7 +104,6 @@ def train_from_config(cfg: TrainHeadsConfig) -> dict:
     val_win = subset_windows(val_win, cfg.max_val_windows, cfg.train.seed)
     tax = train_ann.taxonomy
     fill_model_dims(cfg.head, bank, num_verbs=tax.num_verbs, num_nouns=tax.num_nouns)
-    cfg.features = list(keys.values())
     return train(cfg.head, cfg.train, train_windows=train_win, val_windows=val_win, bank=bank, run_dir=cfg.out,
                  full_cfg=cfg, resume=cfg.resume, overwrite=cfg.overwrite)
 

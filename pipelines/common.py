@@ -71,7 +71,7 @@ def run_command(
         print(help_text(schema, name, summary))
         return 0
     try:
-        cfg = parse_config(schema, argv)
+        cfg = parse_config(schema, argv, name)
     except ConfigError as err:
         print(f"lta {name}: {err}", file=sys.stderr)
         return 2

@@ -117,7 +117,7 @@ def suggest_key(key: str, schema: type) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def _apply_override(cfg: Any, schema: type, key: str, value: Any) -> None:
+def _apply_override(cfg: Any, schema: type, key: str, value: Any, command: str = "") -> None:
     """Set dotted `key` (list entries by index: `head.modalities.0.proj_dim`) in the structured `cfg`.
 
     A key outside the schema is a ConfigError with the closest valid key; a single value given for a
@@ -140,7 +140,7 @@ def _apply_override(cfg: Any, schema: type, key: str, value: Any) -> None:
         if isinstance(node, DictConfig):
             fixed = dataclasses.is_dataclass(node._metadata.object_type)
             if fixed and part not in node:
-                raise ConfigError(f"unknown key '{key}'{suggest_key(key, schema)} (see `lta ... --help` for the keys)")
+                raise ConfigError(f"unknown key '{key}'{suggest_key(key, schema)}; {_keys_hint(command)}")
             if not last:
                 node = node[part] if part in node else None
                 if node is None:
@@ -201,14 +201,30 @@ def _renamed(schema: type, item: str) -> str:
     return f"{key}={value}"
 
 
-def parse_config(schema: type[T], argv: Sequence[str]) -> T:
+def _keys_hint(command: str) -> str:
+    return f"`lta {command} --help` lists the keys" if command else "`--help` lists the keys"
+
+
+def _omegaconf_error(err: Exception, schema: type, command: str, source: str = "") -> "ConfigError":
+    """An OmegaConf error as one ConfigError line: `<file>: ` (when from a config file), the dotted key, what is
+    wrong with it (an unknown key with the closest valid one), and where the keys are listed."""
+    msg = str(err).splitlines()[0]
+    key = str(getattr(err, "full_key", "") or "").replace("[", ".").replace("]", "")
+    if key and "not in" in msg:  # OmegaConf's "Key 'epoch' not in 'TrainConfig'. Did you mean..." for a dotted key
+        text = f"unknown key '{key}'{suggest_key(key, schema)}"
+    else:
+        text = (f"key '{key}': " if key and f"'{key}'" not in msg else "") + msg
+    return ConfigError(f"{source + ': ' if source else ''}{text}; {_keys_hint(command)}")
+
+
+def parse_config(schema: type[T], argv: Sequence[str], command: str = "") -> T:
     """Build a frozen config object of type `schema` from `argv` (`key=value` items, optional `config=FILE`).
 
     Raises:
-        ConfigError: unknown key, wrong type, malformed item or unreadable config file.
+        ConfigError: unknown key, wrong type, malformed item or unreadable config file (naming the file).
     """
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     overrides: list[str] = []
     config_files: list[Path] = []
@@ -224,20 +240,22 @@ def parse_config(schema: type[T], argv: Sequence[str]) -> T:
     try:
         cfg = OmegaConf.structured(schema)
         for path in config_files:
-            cfg = OmegaConf.merge(cfg, load_yaml(path))
+            try:
+                cfg = OmegaConf.merge(cfg, load_yaml(path))
+                OmegaConf.to_object(cfg)  # a wrong value type in the file is reported as the file's
+            except MissingMandatoryValue:
+                pass  # a value the command line may still give
+            except OmegaConfBaseException as err:
+                raise _omegaconf_error(err, schema, command, str(path)) from None
         for item in overrides:
             key, raw = item.split("=", 1)
             value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]), resolve=False)["v"]
-            _apply_override(cfg, schema, key.strip(), value)
+            _apply_override(cfg, schema, key.strip(), value, command)
         obj = OmegaConf.to_object(cfg)
     except ConfigError:
         raise
     except OmegaConfBaseException as err:
-        msg = str(err).splitlines()[0]
-        key = getattr(err, "full_key", None)
-        where = f"key '{key}': " if key and f"'{key}'" not in msg else ""
-        hint = suggest_key(str(key).replace("[", ".").replace("]", ""), schema) if key and "not in" in msg else ""
-        raise ConfigError(f"{where}{msg}{hint} (see `lta ... --help` for the keys)") from None
+        raise _omegaconf_error(err, schema, command) from None
     return obj  # type: ignore[return-value]
 
 

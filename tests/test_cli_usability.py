@@ -98,12 +98,14 @@ def test_device_cuda_without_cuda_is_one_line(tiny):
 
 
 def test_runtime_failure_is_one_line_exit_1_and_debug_shows_the_traceback(tiny, tmp_path):
-    # a store root that holds a store, but not the run's features: fails while loading, exit 1
-    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
-
-    plan = write_synthetic_dataset(tmp_path / "data", clips=16, seed=5)
-    write_synthetic_stores(tmp_path / "data", tmp_path / "other", plan, modalities={"mvit": ("mvit_b_16x4.synthetic", (8,))})
-    argv = ["evaluate", f"run={tiny['run']}", f"store={tmp_path / 'other'}", "device=cpu"]
+    # the run's store with its feature chunks damaged: every check passes, reading the features fails, exit 1
+    # (a store root without the run's features is a usage error now, caught before loading: tests/test_first_day.py)
+    shutil.copytree(tiny["store"], tmp_path / "damaged")
+    chunks = [p for p in (tmp_path / "damaged").glob("*.zarr/features/c/**/*") if p.is_file()]
+    assert chunks
+    for chunk in chunks:
+        chunk.write_bytes(b"garbage")
+    argv = ["evaluate", f"run={tiny['run']}", f"store={tmp_path / 'damaged'}", "device=cpu"]
     res = lta(*argv)
     assert res.returncode == 1, res.stderr[-2000:]
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("lta evaluate:")]

@@ -147,3 +147,63 @@ def test_predict_and_report_default_into_the_run_dir_and_never_overwrite(tiny, t
     assert (run / "report.html").read_text() == "my notes"
     res = lta("predict", f"run={run}", "split=test", "device=cpu", "overwrite=true")
     assert res.returncode == 0 and out.read_bytes() == written, res.stderr[-2000:]  # same run, seed: same file
+
+
+# --- item 4: nonsense numbers and late errors are usage errors, before any data loads ------------------
+
+def damaged_store(tiny, dest: Path) -> Path:
+    """A copy of the run's store whose feature chunks are garbage: a command that loads features from it fails
+    with exit 1, so an exit 2 with it proves the check ran before anything was loaded."""
+    shutil.copytree(tiny["store"], dest)
+    for chunk in [p for p in dest.glob("*.zarr/features/c/**/*") if p.is_file()]:
+        chunk.write_bytes(b"garbage")
+    return dest
+
+
+def test_usage_errors_before_any_data_loads(tiny, tmp_path):
+    data, run = tiny["data"], tiny["run"]
+    store = damaged_store(tiny, tmp_path / "damaged")
+    (zarr,) = store.glob("*.zarr")
+    other = tmp_path / "other"
+    shutil.copytree(zarr, other / "mvit_b_16x4.synthetic-0123456789.zarr")
+    never = tmp_path / "never"
+    th = ["train-heads", f"data={data}", f"store={store}", f"out={never}", *TRAIN]
+    cases = [
+        ([*th, "train.epochs=0"], ["train.epochs=0", ">= 1"]),
+        ([*th, "train.epochs=-1"], ["train.epochs=-1", ">= 1"]),
+        ([*th, "train.batch_size=0"], ["train.batch_size=0", ">= 1"]),
+        ([*th, "features=[slowfast_nope]"], ["features", "slowfast_nope", "not found"]),
+        (["predict", f"run={run}", f"store={store}", "generator=beam_search", f"out={never / 'o.json'}"],
+         ["generator=beam_search", "autoregressive decoder", "head.decoder=multihead"]),
+        (["evaluate", f"run={run}", f"store={store}", "generators=[sample,beam_search]"], ["generators=beam_search"]),
+        (["evaluate", f"run={run}", f"store={other}"], [f"store={other}", "no store of the run's features"]),
+        (["evaluate", f"run={run}", "split=test"], ["split=test", "no labels", "lta predict split=test"]),
+        (["evaluate", f"run={run}", f"store={zarr}"], [f"store={zarr}", "one feature store", f"pass store={store}"]),
+        (["evaluate", f"run={run}", f"store={tmp_path}"], [f"store={tmp_path}", f"pass store={store}"]),
+        (["store", "ls", f"store={zarr}"], ["one feature store", f"pass store={store}"]),
+        (["store", "ls", f"store={tmp_path}"], [f"pass store={store}"]),
+    ]
+    for argv, needles in cases:
+        line = assert_one_line(lta(*argv), 2, *needles)
+        assert "Error:" not in line, line  # no exception class name
+    assert not never.exists()
+
+
+def test_resume_with_a_changed_config_is_refused_before_loading(tiny, tmp_path):
+    run = copy_project(tiny, tmp_path / "copy", data=False, store=False)
+    before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    store = damaged_store(tiny, tmp_path / "damaged")
+    line = assert_one_line(lta("train-heads", f"data={tiny['data']}", f"store={store}", f"out={run}", "resume=true",
+                               *TRAIN, "train.lr=1e-3"), 2, "resume=true", "train.lr (0.002 -> 0.001)")
+    assert "Error:" not in line, line
+    assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+
+
+def test_config_file_mistakes_name_the_file_and_the_key(tmp_path):
+    typo, wrong = tmp_path / "typo.yaml", tmp_path / "wrong.yaml"
+    typo.write_text("train:\n  epoch: 3\n")
+    wrong.write_text("train:\n  epochs: many\n")
+    line = assert_one_line(lta("train-heads", f"config={typo}"), 2, str(typo), "train.epoch",
+                           "did you mean 'train.epochs'", "`lta train-heads --help`")
+    assert "lta ..." not in line
+    assert_one_line(lta("train-heads", f"config={wrong}"), 2, str(wrong), "train.epochs", "many")

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from features.annotations import load_split
+from features.errors import UsageError
 from train_heads.data import FeatureBank, SplitWindows, make_split_windows
 from train_heads.model import ModelConfig
 
@@ -32,18 +33,18 @@ def resolve_feature_keys(store_root: str | Path, modalities: Sequence[str], feat
     whose name starts with the modality (`slowfast` -> `slowfast_r101_8x8.ego4d-1a2b3c4d5e`).
 
     Raises:
-        ValueError: a missing or ambiguous match, listing the candidates.
+        UsageError: a missing or ambiguous match, listing the candidates (before any data is loaded).
     """
     available = _stores(store_root)
     if features:
         if len(features) != len(modalities):
-            raise ValueError(f"features={list(features)} gives {len(features)} keys for {len(modalities)} modalities {list(modalities)}")
+            raise UsageError(f"features={list(features)} gives {len(features)} keys for {len(modalities)} modalities {list(modalities)}")
         out = {}
         for m, key in zip(modalities, features):
             if key not in available:
-                raise ValueError(f"feature key {key!r} not found under {store_root}; available: {sorted(available)}")
+                raise UsageError(f"features: cache key {key!r} not found under {store_root}; available: {sorted(available)}")
             if not key.startswith(m):
-                raise ValueError(f"feature key {key!r} is listed for modality {m!r} but does not start with it "
+                raise UsageError(f"feature key {key!r} is listed for modality {m!r} but does not start with it "
                                  f"(keys pair with head.modalities in order: {list(modalities)})")
             out[m] = key
         return out
@@ -52,7 +53,7 @@ def resolve_feature_keys(store_root: str | Path, modalities: Sequence[str], feat
         matches = sorted(k for k in available if k.startswith(m))
         if len(matches) != 1:
             what = "no store" if not matches else f"{len(matches)} stores"
-            raise ValueError(f"modality {m!r}: {what} under {store_root} match; pass features=[...] explicitly. "
+            raise UsageError(f"modality {m!r}: {what} under {store_root} match; pass features=[...] explicitly. "
                              f"Candidates: {matches or sorted(available)}")
         out[m] = matches[0]
     return out
@@ -63,8 +64,8 @@ def load_bank(store_root: str | Path, modality_keys: dict[str, str], splits: Seq
 
     available = _stores(store_root)
     missing = [k for k in modality_keys.values() if k not in available]
-    if missing:
-        raise ValueError(f"cache keys {missing} not found under {store_root}; available: {sorted(available)}")
+    if missing:  # checked before anything loads: a wrong store= (exit 2)
+        raise UsageError(f"cache keys {missing} not found under {store_root}; available: {sorted(available)}")
     loaded = load_features([available[k] for k in modality_keys.values()], splits=splits)
     return FeatureBank.from_loaded(loaded, modality_keys)
 

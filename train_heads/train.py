@@ -213,8 +213,12 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> No
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def check_resume_config(run_dir: Path, full_cfg: Any) -> None:
-    """RunDirError naming every key in which `full_cfg` differs from the run's saved config (one line)."""
+def check_resume_config(run_dir: Path, full_cfg: Any, *, before_loading: bool = False) -> None:
+    """RunDirError naming every key in which `full_cfg` differs from the run's saved config (one line).
+
+    `before_loading`: the check train-heads runs before any data is loaded, when the values filled from the
+    store and taxonomy (`head.modalities.N.in_dim` / `frames`, `head.num_verbs` / `num_nouns`) are not known yet;
+    they are compared again, with everything else, when training starts."""
     from omegaconf import OmegaConf
 
     from train_heads.run import _plain
@@ -223,7 +227,13 @@ def check_resume_config(run_dir: Path, full_cfg: Any) -> None:
     if not path.is_file():
         return
     saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    diff = config_differences(saved, _plain(full_cfg))
+    new = _plain(full_cfg)
+    ignore = RESUME_IGNORED_KEYS
+    if before_loading:
+        modalities = range(max(len(saved.get("head", {}).get("modalities", [])), len(new["head"]["modalities"])))
+        ignore += (*(f"head.modalities.{i}.{k}" for i in modalities for k in ("in_dim", "frames")),
+                   "head.num_verbs", "head.num_nouns")
+    diff = config_differences(saved, new, ignore)
     if diff:
         raise RunDirError(f"resume=true: this config differs from {path} in {len(diff)} key(s): {'; '.join(diff)}. "
                           f"Resume with the run's config, or train into another out=DIR (or overwrite=true)")
