@@ -207,3 +207,22 @@ def test_config_file_mistakes_name_the_file_and_the_key(tmp_path):
                            "did you mean 'train.epochs'", "`lta train-heads --help`")
     assert "lta ..." not in line
     assert_one_line(lta("train-heads", f"config={wrong}"), 2, str(wrong), "train.epochs", "many")
+
+
+# --- item 5: a warm-up longer than the run is cut, with a warning -------------------------------------
+
+def test_a_yaml_without_warmup_steps_still_reaches_its_lr(tiny, tmp_path):
+    from train_heads.schemas import TrainConfig
+
+    config = tmp_path / "short.yaml"  # no train.warmup_steps: the reference default, far more than this run's steps
+    config.write_text("train:\n  epochs: 2\n  lr: 2.0e-3\n  batch_size: 32\n")
+    run = tmp_path / "run"
+    args = [a for a in TRAIN if not a.startswith(("train.warmup_steps", "train.epochs", "train.lr", "train.batch_size"))]
+    res = lta("train-heads", f"config={config}", f"data={tiny['data']}", f"store={tiny['store']}", f"out={run}", *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    steps = history[-1]["step"]
+    assert 2 * TrainConfig().warmup_steps > steps  # the case: the default warm-up is longer than half the run
+    assert f"train.warmup_steps={TrainConfig().warmup_steps} is more than half of this run's {steps} steps" in res.stderr
+    # the end-of-epoch-1 lr: the cosine's value shortly after the peak, not a point on a 1000-step warm-up ramp
+    assert history[0]["lr"] > 0.4 * 2e-3, history[0]["lr"]

@@ -72,6 +72,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; available: ['adam', 'adamw']")
 
 
+def effective_warmup(warmup_steps: int, total_steps: int) -> int:
+    """The warm-up a run uses: `warmup_steps`, unless that is more than half of the run's `total_steps` (the
+    reference's 1000 on a short run would end before the peak lr is reached, e.g. at 3e-6 of 1e-4): then a tenth
+    of the run (at least 1 step). `train` logs a warning when it cuts one."""
+    return warmup_steps if 2 * warmup_steps <= total_steps else max(1, total_steps // 10)
+
+
 def warmup_cosine(warmup_steps: int, total_steps: int):
     """lr factor per iteration: linear 0 -> 1 over `warmup_steps`, then half-cosine to 0 at `total_steps`."""
 
@@ -352,7 +359,12 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
                        else math.ceil(len(train_data) / cfg.batch_size))
     total_steps = cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total_steps))
+    warmup = effective_warmup(cfg.warmup_steps, total_steps)
+    if warmup != cfg.warmup_steps:
+        log.warning("train.warmup_steps=%d is more than half of this run's %d steps (%d epochs x %d): warming up over "
+                    "%d step(s) instead, so the run reaches train.lr=%g", cfg.warmup_steps, total_steps, cfg.epochs,
+                    steps_per_epoch, warmup, cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total_steps))
     select = f"model.{cfg.val_generator}.{cfg.select_metric}"
     # step_in_epoch > 0: last.pt was written mid-epoch (a signal); rng_data is then the epoch's starting state
     state = {"epoch": 0, "global_step": 0, "step_in_epoch": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0,
