@@ -80,10 +80,11 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
 
 
 def train_from_config(cfg: TrainHeadsConfig) -> dict:
-    """Load features and windows as `cfg` says, train, and return the run's metrics."""
+    """Load features and windows as `cfg` says, train, and return the run's metrics (of the run as it is, when
+    `resume=true` finds it finished and `cfg` asks for no more epochs: then a line says so)."""
     from train_heads.inputs import fill_model_dims, load_bank, resolve_feature_keys, split_windows, subset_windows
-    from train_heads.run import checkpoint_path
-    from train_heads.train import check_resume_config, prepare_run_dir, train
+    from train_heads.run import checkpoint_path, read_metrics
+    from train_heads.train import check_resume_config, finished_run_note, prepare_run_dir, train
 
     # before any data is loaded: the cache keys, the run dir, and on resume that the config is the run's
     keys = resolve_feature_keys(cfg.store, [m.name for m in cfg.head.modalities], cfg.features)  # UsageError
@@ -91,6 +92,10 @@ def train_from_config(cfg: TrainHeadsConfig) -> dict:
     prepare_run_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     if cfg.resume and checkpoint_path(cfg.out, "last").is_file():
         check_resume_config(Path(cfg.out), cfg, before_loading=True)
+        note = finished_run_note(Path(cfg.out), cfg.train.epochs)
+        if note:
+            print(note)
+            return read_metrics(cfg.out)
     # absolute paths in the run's config.yaml: evaluate / predict / report work from any directory
     # and the run dir they were recorded from, so a run dir copied with its data and store reads the copies
     cfg.data, cfg.store, cfg.out = (str(Path(p).resolve()) for p in (cfg.data, cfg.store, cfg.out))

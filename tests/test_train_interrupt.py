@@ -212,11 +212,22 @@ def test_epoch_line_train_log_and_hparams(sample, tmp_path):
     assert hp["train.lr"].number_value == pytest.approx(2e-3) and hp["head.aggregator"].string_value == "concat"
 
 
-def test_train_heads_epochs_change_is_refused_on_resume(sample, tmp_path):
+def test_resume_with_more_epochs_extends_a_finished_run(sample, tmp_path):
+    """`resume=true train.epochs=N` with more epochs than the run's trains the extra epochs; fewer are refused as a
+    config change; the same number on a finished run says it is done and how to extend it, and writes nothing."""
     run = tmp_path / "run"
     assert lta("train-heads", *argv(sample, run, "train.epochs=1")).returncode == 0
     res = lta("train-heads", *argv(sample, run, "train.epochs=2", "resume=true"))
-    assert res.returncode == 2 and "train.epochs (1 -> 2)" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 0 and "extending the run from 1 to 2 epochs" in res.stderr, res.stderr[-2000:]
+    assert [e["epoch"] for e in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
+    assert "epochs: 2" in (run / "config.yaml").read_text()
+    last = (run / "checkpoints/last.pt").read_bytes()
+    done = lta("train-heads", *argv(sample, run, "train.epochs=2", "resume=true"))
+    assert done.returncode == 0 and "nothing to resume" in done.stdout and "resume=true train.epochs=4" in done.stdout, \
+        done.stdout + done.stderr[-2000:]
+    fewer = lta("train-heads", *argv(sample, run, "train.epochs=1", "resume=true"))
+    assert fewer.returncode == 2 and "train.epochs (2 -> 1)" in fewer.stderr and "Traceback" not in fewer.stderr
+    assert (run / "checkpoints/last.pt").read_bytes() == last
 
 
 def _run_on_pty(args: list[str]) -> tuple[int, str]:

@@ -212,7 +212,8 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> No
     if not holds_run(run_dir) or resume:
         return
     if not overwrite:
-        raise RunDirError(f"{run_dir} already holds a {describe_run(run_dir)}; pass resume=true to continue it, "
+        more = " with more train.epochs to train it longer" if read_metrics(run_dir).get("finished") else " to continue it"
+        raise RunDirError(f"{run_dir} already holds a {describe_run(run_dir)}; pass resume=true{more}, "
                           f"overwrite=true to replace it, or another out=DIR")
     log.warning("overwrite=true: removing the %s in %s", describe_run(run_dir), run_dir)
     for pattern in RUN_OUTPUTS:
@@ -236,6 +237,11 @@ def check_resume_config(run_dir: Path, full_cfg: Any, *, before_loading: bool = 
     saved = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     new = _plain(full_cfg)
     ignore = RESUME_IGNORED_KEYS
+    if int(new["train"]["epochs"]) > int(saved.get("train", {}).get("epochs", 0)):
+        ignore += ("train.epochs",)  # more epochs extend the run (see `finished_run_note`)
+        if not before_loading:
+            log.info("extending the run from %d to %d epochs: the cosine schedule now ends at the new last step, so "
+                     "the lr rises again from where it was", saved["train"]["epochs"], new["train"]["epochs"])
     if before_loading:
         modalities = range(max(len(saved.get("head", {}).get("modalities", [])), len(new["head"]["modalities"])))
         ignore += (*(f"head.modalities.{i}.{k}" for i in modalities for k in ("in_dim", "frames")),
@@ -244,6 +250,24 @@ def check_resume_config(run_dir: Path, full_cfg: Any, *, before_loading: bool = 
     if diff:
         raise RunDirError(f"resume=true: this config differs from {path} in {len(diff)} key(s): {'; '.join(diff)}. "
                           f"Resume with the run's config, or train into another out=DIR (or overwrite=true)")
+
+
+def finished_run_note(run_dir: Path, epochs: int) -> str | None:
+    """What `resume=true` on a finished run with `epochs` (train.epochs) would do when that is nothing: a note
+    saying the run is done and how to extend it; None when there is something to train (an unfinished run, or
+    more epochs than the run's own, which extend it)."""
+    from train_heads.run import read_run_config
+
+    metrics = read_metrics(run_dir)
+    saved = int(read_run_config(run_dir).get("train", {}).get("epochs", 0))
+    if not metrics.get("finished") or epochs > saved:
+        return None
+    done = len(metrics.get("history", []))
+    if done < saved:
+        return (f"{run_dir} is a finished run: it stopped early after {done} of {saved} epochs (no val improvement "
+                f"for train.patience epochs); nothing to resume")
+    return (f"{run_dir} is a {describe_run(run_dir)}; nothing to resume. To train it longer: "
+            f"lta train-heads config={run_dir / CONFIG_FILE} resume=true train.epochs={2 * saved}")
 
 
 @contextlib.contextmanager
