@@ -292,7 +292,8 @@ def run_extraction(*, data_dir: Path | str, store_root: Path | str, extractors: 
                 bar.update(1)
 
         t_loop = time.perf_counter()
-        bar = tqdm(total=len(clip_rows), desc="extract", unit="clip", disable=not progress)
+        bar = tqdm(total=len(clip_rows), desc="extract", unit="clip",
+                   disable=None if progress else True)  # None: no bar into a pipe or a log file
         try:
             alive = len(workers)
             while alive and not stop_requested():

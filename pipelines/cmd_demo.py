@@ -118,7 +118,7 @@ def _stage_train(cfg: DemoConfig, data: Path, store: Path, runs: Path) -> dict[s
     from pipelines import cmd_train_heads
 
     out = {}
-    for name in tqdm(cfg.configs, desc="train-heads", unit="config"):
+    for name in tqdm(cfg.configs, desc="train-heads", unit="config", disable=None):  # None: not into a pipe
         path = config_path(name)
         run = runs / path.stem
         argv = [f"config={path}", f"data={data}", f"store={store}", f"out={run}", "resume=true", "train.device=cpu"]

@@ -110,22 +110,36 @@ def _run(cfg: EvaluateConfig) -> int:
     plot = out.with_suffix(".png") if cfg.out else Path(cfg.run) / f"ed_curve_{cfg.split}.png"
     plot_ed_curves(metrics, str(plot), title=f"{run.run_dir.name} on {cfg.split}")
     labels = [label for label in key_sets if label]
-    rows = sorted((v, k[: -len(".action_ed")]) for k, v in metrics.items()
-                  if k.endswith(".action_ed") and k.split(".", 1)[0] not in labels)
     print(f"keys: {metrics['key_sets']['main']}")
-    print(f"{'method':<28} {'verb ED':>8} {'noun ED':>8} {'action ED':>9}  ({cfg.split}, {len(win)} windows)")
-    for action, name in rows:
-        print(f"{name:<28} {metrics[name + '.verb_ed']:>8.4f} {metrics[name + '.noun_ed']:>8.4f} {action:>9.4f}")
+    print_table(metrics, f"{cfg.split}, {len(win)} windows", key_set_labels=labels)
     for label in labels:  # the same model on another key set, side by side with the rows above
         print(f"keys [{label}]: {metrics['key_sets'][label]}, {key_sets[label][1]} windows")
         for g in cfg.generators if key_sets[label][1] else []:
-            name = f"{label}.model.{g}"  # printed as model.<g> under its key-set line
-            print(f"{'model.' + g:<28} {metrics[name + '.verb_ed']:>8.4f} {metrics[name + '.noun_ed']:>8.4f} "
-                  f"{metrics[name + '.action_ed']:>9.4f}")
+            print(table_row("model." + g, metrics, f"{label}.model.{g}"))  # printed as model.<g> under its key-set line
     print(f"predict default: generator {metrics['selected_generator']} ({metrics['selected_generator_reason']}); "
           f"amp={str(amp).lower()} ({amp_why})")
     print(f"wrote {out}")
     return 0
+
+
+def table_row(label: str, metrics: dict, name: str) -> str:
+    """One row of the table: verb / noun / action ED@Z and action AUED of method `name`, shown as `label`."""
+    return (f"{label:<36} {metrics[name + '.verb_ed']:>8.4f} {metrics[name + '.noun_ed']:>8.4f} "
+            f"{metrics[name + '.action_ed']:>9.4f} {metrics.get(name + '.action_aued', float('nan')):>11.4f}")
+
+
+def print_table(metrics: dict, what: str, key_set_labels: Sequence[str] = ()) -> None:
+    """ED@Z (verb, noun, action) and action AUED per method, lowest action ED first; the oracle methods (they read
+    the split's true labels: upper bounds, not comparable) last, marked. Methods scored on another key set
+    (`<label>.model.<g>`) are left out."""
+    from train_heads.evaluate import scored_methods
+
+    oracles = set(metrics.get("oracle_methods", []))
+    methods = [m for m in scored_methods(metrics) if m.split(".", 1)[0] not in key_set_labels]
+    rows = sorted((name in oracles, metrics[f"{name}.action_ed"], name) for name in methods)
+    print(f"{'method':<36} {'verb ED':>8} {'noun ED':>8} {'action ED':>9} {'action AUED':>11}  ({what})")
+    for oracle, _, name in rows:
+        print(table_row(f"{name} (oracle: true labels)" if oracle else name, metrics, name))
 
 
 def check_run_generators(run: str, key: str, generators: Sequence[str]) -> None:

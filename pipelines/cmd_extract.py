@@ -46,7 +46,7 @@ class ExtractConfig(SlurmOptions):
                                       "job still stops), then refuse; 0: refuse at once")
     launcher: str = opt("none", "none (this process) | local (submitit subprocesses) | slurm (submitit job array)")
     num_shards: int = opt(1, "shard jobs for launcher=local|slurm")
-    progress: bool = opt(True, "tqdm progress bar over clips")
+    progress: bool = opt(True, "tqdm progress bar over clips (on a terminal only, never into a pipe or file)")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -172,9 +172,11 @@ def _already_extracted(cfg: ExtractConfig) -> dict | None:
     """The summary of a finished extraction of exactly this config, or None (then extraction runs).
 
     Finished means: `<store>/extract_config.yaml` and `extract_summary.json` of a whole-store run, the same
-    config apart from `OPERATIONAL_KEYS` (and `slurm_*`), default or random weights only (a weights file
-    may have changed under the same path), and every listed store complete with the rows of today's
-    annotations. Then no model is built: a rerun with nothing to do takes a second.
+    config apart from `OPERATIONAL_KEYS` (and `slurm_*`) and from how `data` / `store` are spelled (a relative
+    path, a copied folder: the store is the one read here, and its rows must be today's annotations of `data`),
+    default or random weights only (a weights file may have changed under the same path), and every listed
+    store complete with the rows of today's annotations. Then no model is built and nothing is rewritten but
+    extract_summary.json: a rerun with nothing to do takes a second.
     """
     from omegaconf import OmegaConf
 
@@ -190,7 +192,8 @@ def _already_extracted(cfg: ExtractConfig) -> dict | None:
     try:
         before = OmegaConf.to_container(OmegaConf.load(cfg_file))
         now = OmegaConf.to_container(OmegaConf.create(to_yaml(cfg)))
-        content = lambda c: {k: v for k, v in c.items() if k not in OPERATIONAL_KEYS and not k.startswith("slurm_")}  # noqa: E731
+        content = lambda c: {k: v for k, v in c.items()  # noqa: E731
+                             if k not in (*OPERATIONAL_KEYS, "data", "store") and not k.startswith("slurm_")}
         summaries = json.loads(summary_file.read_text())
         if content(before) != content(now) or not isinstance(summaries, list) or len(summaries) != 1:
             return None
@@ -213,6 +216,12 @@ def _already_extracted(cfg: ExtractConfig) -> dict | None:
                    clips_failed=0, windows=0, wall_sec=0.0, model_sec=0.0, wait_sec=0.0, loop_sec=0.0,
                    interrupted=False, models_built=False)
     return summary
+
+
+def _config_yaml(cfg: ExtractConfig) -> str:
+    """`<store>/extract_config.yaml`: the config with absolute data / store paths (not the caller's relative ones)."""
+    return to_yaml(ExtractConfig(**{**asdict(cfg), "data": str(Path(cfg.data).resolve()),
+                                    "store": str(Path(cfg.store).resolve())}))
 
 
 def _run(cfg: ExtractConfig) -> int:
@@ -255,13 +264,13 @@ def _run_stoppable(cfg: ExtractConfig) -> int:
             shard, num_shards = parse_shard(cfg.shard)
             # a second run of this shard waits up to lock_wait_sec, then stops here, having written nothing
             with ShardLock(store, shard, num_shards, wait_sec=cfg.lock_wait_sec):
-                (store / "extract_config.yaml").write_text(to_yaml(cfg))
+                (store / "extract_config.yaml").write_text(_config_yaml(cfg))
                 summaries = [run_shard(cfg, lock=False)]
                 if num_shards == 1:  # the whole store: extract_summary.json as for a launcher
                     _write_json(store / "extract_summary.json", summaries)
         elif cfg.launcher in launch.LAUNCHERS:
             store.mkdir(parents=True, exist_ok=True)
-            (store / "extract_config.yaml").write_text(to_yaml(cfg))
+            (store / "extract_config.yaml").write_text(_config_yaml(cfg))
             shard_cfgs = [ExtractConfig(**{**asdict(cfg), "shard": f"{i}/{cfg.num_shards}", "launcher": "none", "progress": False})
                           for i in range(cfg.num_shards)]
             params = cfg.slurm_params()

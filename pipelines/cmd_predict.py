@@ -60,11 +60,10 @@ def _run(cfg: PredictConfig) -> int:
     check_split("split", cfg.split)
     check_run_dir("run", cfg.run, cfg.checkpoint)
     generator, why = (cfg.generator, f"given as generator={cfg.generator}") if cfg.generator else selected_generator(cfg.run, cfg.checkpoint)
-    check_registry("generator", generator, GENERATORS)
+    check_registry("generator", generator, GENERATORS)  # the choice is printed once, with the result
     check_run_generators(cfg.run, "generator", [generator])
     cfg.out = str(check_new_file("out", cfg.out or default_out(cfg.run, cfg.split), cfg.overwrite))
     cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
-    log.info("generator %s (%s)", generator, why)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)
     amp, amp_why = run_amp(run.cfg, cfg.amp)
     head = run.cfg["head"]

@@ -161,8 +161,10 @@ def test_extract_with_nothing_to_do_builds_no_model_and_export_keeps_created(tin
     store = tmp_path / "store"
     argv = [f"data={tiny_sample}", f"store={store}", "raw_clips=true", "extractors=[clip_vit_b32.openai]",
             "weights=random", "crop_size=32", "batch_size=8", "views=1", "chunk_rows=8", "device=cpu",
-            "progress=false", "decode_workers=1", "splits=[val]"]
+            "progress=true", "decode_workers=1", "splits=[val]"]
+    capsys.readouterr()
     assert cmd_extract.main(argv) == 0
+    assert "clip/s" not in capsys.readouterr().err  # progress=true, but stderr is no terminal: no tqdm bar
     (path,) = store_paths(store)
 
     def no_model(*args, **kwargs):
@@ -174,6 +176,12 @@ def test_extract_with_nothing_to_do_builds_no_model_and_export_keeps_created(tin
     assert "nothing to do" in capsys.readouterr().out
     summary = json.loads((store / "extract_summary.json").read_text())[0]
     assert summary["rows_done"] == 0 and summary["rows_skipped"] == summary["rows_total"] > 0
+    recorded = (store / "extract_config.yaml").read_bytes()
+    assert f"data: {tiny_sample.resolve()}" in recorded.decode() and f"store: {store.resolve()}" in recorded.decode()
+    monkeypatch.chdir(tmp_path)  # the same data and store given as relative paths: still nothing to do, nothing rewritten
+    rel = [a for a in argv if not a.startswith(("data=", "store="))]
+    assert cmd_extract.main([f"data={os.path.relpath(tiny_sample, tmp_path)}", "store=store", *rel]) == 0
+    assert "nothing to do" in capsys.readouterr().out and (store / "extract_config.yaml").read_bytes() == recorded
     with pytest.raises(AssertionError, match="a model was built"):  # a content key changed: extraction runs
         cmd_extract.main([*argv, "crop_size=48"])
     monkeypatch.undo()

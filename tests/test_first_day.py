@@ -84,15 +84,24 @@ def test_every_missing_root_in_one_error_named_by_its_source(tiny, tmp_path):
 def test_partial_evaluate_merges_per_generator_and_keeps_predicts_choice(tiny, tmp_path):
     run = copy_project(tiny, tmp_path / "copy")
     both = ["sample", "greedy+sample"]
-    res = lta("evaluate", f"run={run}", f"generators=[{','.join(both)}]", "baselines=[frequency_prior]", "device=cpu")
+    res = lta("evaluate", f"run={run}", f"generators=[{','.join(both)}]", "baselines=[frequency_prior,markov_oracle]",
+              "device=cpu")
     assert res.returncode == 0, res.stderr[-2000:]
     first = json.loads((run / "metrics_val.json").read_text())
+    # item 7: an action AUED column, the oracle last and marked, baseline progress lines, no tqdm bar into the pipe
+    table = res.stdout.splitlines()
+    header = next(i for i, ln in enumerate(table) if ln.startswith("method"))
+    assert "action AUED" in table[header]
+    rows = table[header + 1: header + 5]
+    assert rows[-1].startswith("markov_oracle (oracle: true labels)"), rows
+    assert f"{first['frequency_prior.action_aued']:.4f}" in next(r for r in rows if r.startswith("frequency_prior"))
+    assert "baselines: 2/2 markov_oracle" in res.stderr and "\r" not in res.stderr and "it/s" not in res.stderr
     best = min(both, key=lambda g: (first[f"model.{g}.action_ed"], both.index(g)))
     worse = next(g for g in both if g != best)
     assert first["selected_generator"] == best
     res = lta("evaluate", f"run={run}", f"generators=[{worse}]", "baselines=[]", "device=cpu")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"kept the earlier results of model.{best}, frequency_prior" in res.stdout, res.stdout
+    assert f"kept the earlier results of model.{best}, frequency_prior, markov_oracle" in res.stdout, res.stdout
     merged = json.loads((run / "metrics_val.json").read_text())
     assert merged["selected_generator"] == best
     for method in (f"model.{best}", f"model.{worse}", "frequency_prior"):
@@ -134,6 +143,7 @@ def test_predict_and_report_default_into_the_run_dir_and_never_overwrite(tiny, t
     out = run / "outputs.json"
     written = out.read_bytes()
     assert f"wrote {out}" in res.stdout and set(json.loads(written)) and "generator" not in json.loads(written)
+    assert (res.stdout + res.stderr).count("generator sample (") == 1, res.stdout + res.stderr  # said once
     prov = json.loads((run / "outputs.json.provenance.json").read_text())
     assert prov["run"] == str(run) and prov["split"] == "test" and prov["checkpoint"] == "best"
     assert prov["checkpoint_sha256"] == hashlib.sha256((run / "checkpoints" / "best.pt").read_bytes()).hexdigest()

@@ -8,6 +8,7 @@ each number is: `<method>.<what>`, e.g. `model.sample.action_ed`, `frequency_pri
 from __future__ import annotations
 
 import contextlib
+import logging
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -18,6 +19,8 @@ import torch
 from features.metric import edit_distance_table, lta_metrics
 from train_heads.data import DeviceWindows, FeatureBank, iterate_batches
 from train_heads.generators import AutoregressiveSource, LogitsSource
+
+log = logging.getLogger(__name__)
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -241,17 +244,31 @@ def evaluate_split(model: torch.nn.Module | None, *, train_set: Any, windows: An
             recognised["markov"] = (fc.observed_verb, fc.observed_noun)
             metrics.update(recognition_accuracy("model.recognition", fc.observed_verb, fc.observed_noun,
                                                 windows.observed_verb, windows.observed_noun))
+    import time
+
+    from tqdm import tqdm
+
+    # progress: a bar over the steps on a terminal, and a line per step with its time (also into a pipe / log)
+    bar = tqdm(total=1 + len(baselines), unit="step", desc="baselines", disable=None)
+    t0 = time.perf_counter()
     knn = KNNRecognizer(seed=seed).fit(train_set)
     recognised["markov_knn"] = knn.predict(windows, bank)
     metrics.update(recognition_accuracy("knn.recognition", *recognised["markov_knn"], windows.observed_verb,
                                         windows.observed_noun))
     recognised["markov_oracle"] = (windows.observed_verb, windows.observed_noun)
-    for name in baselines:
+    log.info("baselines: kNN recognition of %d windows' observed segments in %.1f s", len(windows), time.perf_counter() - t0)
+    bar.update()
+    for i, name in enumerate(baselines, start=1):
+        t0 = time.perf_counter()
         baseline = create_baseline("markov" if name in MARKOV_VARIANTS else name).fit(train_set)
         variants = [v for v in recognised if v.startswith("markov")] if name == "markov" else [name]
         for variant in variants:
             rng = torch.Generator().manual_seed(seed)
             verb, noun = baseline.predict(windows, bank, k=k, rng=rng, recognised=recognised.get(variant))
             metrics.update(score_sequences(variant, verb, noun, fv, fn, num_nouns=num_nouns))
+        log.info("baselines: %d/%d %s on %d windows in %.1f s", i, len(baselines), name, len(windows),
+                 time.perf_counter() - t0)
+        bar.update()
+    bar.close()
     metrics["oracle_methods"] = [m for m in ORACLE_METHODS if f"{m}.action_ed" in metrics]
     return metrics
