@@ -181,8 +181,9 @@ def check_run_dir(key: str, run: str | Path, checkpoint: str | None = "best") ->
     if checkpoint is not None:
         names = sorted(p.stem for p in (run_dir / CHECKPOINT_DIR).glob("*.pt"))
         if checkpoint not in names:
+            hint = did_you_mean(checkpoint, names) or (f" (pass checkpoint={names[0]})" if len(names) == 1 else "")
             raise UsageError(f"checkpoint={checkpoint}: no {run_dir / CHECKPOINT_DIR / (checkpoint + '.pt')}"
-                             f"{did_you_mean(checkpoint, names)}; checkpoints in the run: {names}")
+                             f"{hint}; checkpoints in the run: {names}")
     return run_dir
 
 

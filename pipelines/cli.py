@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("pipelines.cmd_score", "score a challenge outputs.json against a split's annotations"),
     "resize": ("pipelines.cmd_resize", "resize clips_hq -> clips (short side 320) with ffmpeg"),
     "extract": ("pipelines.cmd_extract", "decode each window once and cache SlowFast / MViT / CLIP embeddings"),
-    "store": ("pipelines.cmd_store", "feature store tools: ls, verify, export, import-ego4d"),
+    "store": ("pipelines.cmd_store", "feature store tools: ls, verify, export, merge, import-ego4d"),
     "train-heads": ("pipelines.cmd_train_heads", "train a forecasting head on cached features"),
     "evaluate": ("pipelines.cmd_evaluate", "ED@20 of a run and of the no-training baselines"),
     "predict": ("pipelines.cmd_predict", "write the challenge outputs.json of a run"),
@@ -31,7 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: lta <command> [config=FILE.yaml] [key=value ...]", "", "commands:"]
+    lines = ["usage: lta <command> [config=FILE.yaml] [key=value ...]   (lta --version: the code version)", "",
+             "commands:"]
     lines += [f"  {name:<18} {summary}" for name, (_, summary) in COMMANDS.items()]
     lines += ["", "`lta <command> --help` lists the command's keys and defaults."]
     return "\n".join(lines)
@@ -61,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["LTA_DEBUG"] = "1"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V", "version"):
+        from features.version import code_version
+
+        print(f"lta {code_version()}")
         return 0
     try:
         command_main = resolve(argv[0])

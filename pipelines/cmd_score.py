@@ -16,7 +16,7 @@ from features.annotations import AnnotationError, load_split
 from features.metric import lta_metrics
 from features.submission import PredictionError, read_predictions, validate_predictions
 from features.windows import CONVENTIONS, build_windows
-from pipelines.common import run_command
+from pipelines.common import UsageError, run_command
 from pipelines.config import opt
 
 
@@ -43,7 +43,12 @@ def score_file(cfg: ScoreConfig) -> dict:
 
         ann = fill_withheld_labels(ann, cfg.data)
     if not ann.has_labels:
-        raise PredictionError(f"{ann.path}: split {cfg.split!r} has no labels to score against")
+        from features.synthetic import SAMPLE_INFO_FILE
+
+        hint = (f"; this is a synthetic sample that withholds them in {Path(cfg.data) / SAMPLE_INFO_FILE}: pass "
+                "withheld_labels=true" if (Path(cfg.data) / SAMPLE_INFO_FILE).is_file() and not cfg.withheld_labels
+                else "; the challenge's test labels are not public (the eval.ai server scores outputs.json)")
+        raise UsageError(f"{ann.path}: split {cfg.split!r} has no labels to score against{hint}")
     windows = build_windows(ann, num_input=cfg.num_seen, num_future=cfg.num_future, num_seen=cfg.num_seen,
                             convention=cfg.convention)
     forecastable = build_windows(ann, num_input=1, num_future=cfg.num_future, num_seen=1, convention="plus_one")
@@ -81,6 +86,8 @@ def _run(cfg: ScoreConfig) -> int:
     check_file("predictions", cfg.predictions, "predictions file")
     try:
         result = score_file(cfg)
+    except UsageError:
+        raise  # exit 2
     except (PredictionError, AnnotationError, ValueError) as err:
         print(f"lta score: {err}", file=sys.stderr)
         return 1

@@ -236,3 +236,31 @@ def test_a_yaml_without_warmup_steps_still_reaches_its_lr(tiny, tmp_path):
     assert f"train.warmup_steps={TrainConfig().warmup_steps} is more than half of this run's {steps} steps" in res.stderr
     # the end-of-epoch-1 lr: the cosine's value shortly after the peak, not a point on a 1000-step warm-up ramp
     assert history[0]["lr"] > 0.4 * 2e-3, history[0]["lr"]
+
+
+# --- items 10 and 11: the demo's retrieval sentence, help, version, score and checkpoint hints ----------
+
+def test_demo_explains_why_retrieval_wins_only_when_it_does():
+    from pipelines.cmd_demo import retrieval_note
+
+    head = {"method": "slowfast_concat (sample)", "generator": "sample", "action": 0.648}
+    knn = {"method": "knn_retrieval (features of slowfast_concat)", "generator": "knn_retrieval", "action": 0.338}
+    note = retrieval_note([head, knn], head)
+    assert note and "0.3380" in note and "0.6480" in note and "shared cyclic recipes" in note and "\n" not in note
+    assert retrieval_note([head, {**knn, "action": 0.7}], head) is None
+
+
+def test_version_help_score_and_checkpoint_hints(tiny, tmp_path):
+    from features.version import code_version
+
+    res = lta("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"lta {code_version()}", res.stdout + res.stderr
+    res = lta("--help")
+    assert res.returncode == 0 and "merge" in next(ln for ln in res.stdout.splitlines() if ln.strip().startswith("store"))
+    predictions = tmp_path / "p.json"
+    predictions.write_text("{}")
+    assert_one_line(lta("score", f"data={tiny['data']}", "split=test", f"predictions={predictions}"), 2,
+                    "split 'test' has no labels", "withheld_labels=true")
+    run = copy_project(tiny, tmp_path / "copy", data=False, store=False)
+    (run / "checkpoints" / "best.pt").unlink()
+    assert_one_line(lta("evaluate", f"run={run}"), 2, "checkpoint=best", "pass checkpoint=last")

@@ -147,7 +147,7 @@ def test_malformed_files(tmp_path, val, capsys):
         read_predictions(tmp_path / "missing.json")
     # scoring against the unlabelled test split is refused
     rc = cli.main(["score", f"data={root}", "split=test", f"predictions={bad}"])
-    assert rc == 1 and "has no labels" in capsys.readouterr().err
+    assert rc == 2 and "has no labels" in capsys.readouterr().err  # a usage error: it names withheld_labels=true or eval.ai
 
 
 def test_write_predictions_round_trip_and_checks(tmp_path, val):
