@@ -33,6 +33,9 @@ class EvaluateConfig:
 
 
 def _run(cfg: EvaluateConfig) -> int:
+    if cfg.split == "test":  # the challenge's test annotations carry no labels (fho_lta_test_unannotated.json)
+        raise UsageError("split=test: the test split has no labels to score; evaluate a labelled split (split=val), "
+                         "write the challenge file with `lta predict split=test`")
     from train_heads.baselines import TrainingSet
     from pipelines.checks import check_choices
     from train_heads.evaluate import (evaluate_split, evaluation_baselines, merge_evaluations, plot_ed_curves,
@@ -46,9 +49,6 @@ def _run(cfg: EvaluateConfig) -> int:
     check_choices("generators", cfg.generators, list_generators(), "generator")
     if cfg.baselines:
         check_choices("baselines", cfg.baselines, evaluation_baselines(), "baseline")
-    if cfg.split == "test":  # the challenge's test annotations carry no labels (fho_lta_test_unannotated.json)
-        raise UsageError("split=test: the test split has no labels to score; evaluate a labelled split (split=val), "
-                         "write the challenge file with `lta predict split=test`")
     check_run_generators(cfg.run, "generators", cfg.generators)
     cfg.device, data, store = check_inputs(cfg.run, cfg.checkpoint, cfg.split, cfg.device, cfg.data, cfg.store)
     run = load_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device)

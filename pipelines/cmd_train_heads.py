@@ -37,8 +37,19 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
     Raises:
         UsageError: one line naming the key, the value and the valid choices.
     """
+    from pipelines.checks import check_at_least
+
+    h, t = cfg.head, cfg.train  # the numbers first: no torch import needed to refuse train.epochs=0
+    check_at_least([("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1),
+                    ("train.eval_batch_size", t.eval_batch_size, 1), ("train.num_sequences", t.num_sequences, 1),
+                    ("train.warmup_steps", t.warmup_steps, 0), ("train.log_every", t.log_every, 1),
+                    ("train.patience", t.patience, 0), ("train.max_train_windows", t.max_train_windows, 0),
+                    ("head.num_input", h.num_input, 1), ("head.num_future", h.num_future, 1),
+                    ("num_seen", cfg.num_seen, 1), ("max_val_windows", cfg.max_val_windows, 0)])
+    if not t.lr > 0:
+        raise UsageError(f"train.lr={t.lr}: must be > 0")
     from features.windows import CONVENTIONS
-    from pipelines.checks import (check_at_least, check_choice, check_data_root, check_device, check_generators_fit,
+    from pipelines.checks import (check_choice, check_data_root, check_device, check_generators_fit,
                                   check_kwargs, check_registry, check_store_root)
     from train_heads.aggregators import AGGREGATORS
     from train_heads.decoders import DECODERS
@@ -49,15 +60,6 @@ def check_config(cfg: TrainHeadsConfig, *, paths: bool = True) -> None:
     if paths:
         check_data_root("data", cfg.data, ["train", "val"])
         check_store_root("store", cfg.store)
-    h, t = cfg.head, cfg.train
-    check_at_least([("train.epochs", t.epochs, 1), ("train.batch_size", t.batch_size, 1),
-                    ("train.eval_batch_size", t.eval_batch_size, 1), ("train.num_sequences", t.num_sequences, 1),
-                    ("train.warmup_steps", t.warmup_steps, 0), ("train.log_every", t.log_every, 1),
-                    ("train.patience", t.patience, 0), ("train.max_train_windows", t.max_train_windows, 0),
-                    ("head.num_input", h.num_input, 1), ("head.num_future", h.num_future, 1),
-                    ("num_seen", cfg.num_seen, 1), ("max_val_windows", cfg.max_val_windows, 0)])
-    if not t.lr > 0:
-        raise UsageError(f"train.lr={t.lr}: must be > 0")
     check_registry("head.aggregator", h.aggregator, AGGREGATORS)
     check_kwargs("head.aggregator_kwargs", dict(h.aggregator_kwargs), AGGREGATORS.get(h.aggregator),
                  filled=("dim", "num_input"))

@@ -180,7 +180,6 @@ def test_usage_errors_before_any_data_loads(tiny, tmp_path):
     th = ["train-heads", f"data={data}", f"store={store}", f"out={never}", *TRAIN]
     cases = [
         ([*th, "train.epochs=0"], ["train.epochs=0", ">= 1"]),
-        ([*th, "train.epochs=-1"], ["train.epochs=-1", ">= 1"]),
         ([*th, "train.batch_size=0"], ["train.batch_size=0", ">= 1"]),
         ([*th, "features=[slowfast_nope]"], ["features", "slowfast_nope", "not found"]),
         (["predict", f"run={run}", f"store={store}", "generator=beam_search", f"out={never / 'o.json'}"],
