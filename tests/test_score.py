@@ -184,6 +184,6 @@ def test_withheld_labels_score_the_synthetic_test_split(tmp_path, sample_annotat
                      f"out={out}"]) == 0
     score = _json.loads(out.read_text())
     assert score["action_ed"] == 0.0 and score["num_keys_scored"] == len(windows) > 0
-    assert cli.main(["score", f"data={sample_annotations}", "split=test", f"predictions={path}"]) == 1  # no labels
+    assert cli.main(["score", f"data={sample_annotations}", "split=test", f"predictions={path}"]) == 2  # no labels: a usage error naming withheld_labels=true
     with pytest.raises(ValueError, match="withheld labels exist only for a synthetic sample"):
         fill_withheld_labels(test, tmp_path)
