@@ -90,11 +90,18 @@ def _run(cfg: EvaluateConfig) -> int:
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / f"metrics_{cfg.split}.json"
     # merged with the file's results for this checkpoint and settings: a partial evaluate adds, never forgets
     previous = read_json(out)
-    if previous.get("amp", amp) != amp:  # precision is a setting too (the fingerprint predates it)
+    if previous and previous.get("amp", amp) != amp:  # precision is a setting too (the fingerprint predates it)
+        print(f"replacing {out}: it scored with amp={str(previous.get('amp')).lower()}")
         previous = {}
     metrics, kept = merge_evaluations(previous, metrics)
     if kept:
         print(f"kept the earlier results of {', '.join(kept)} in {out} (same checkpoint sha256 and settings)")
+    elif (previous.get("fingerprint") or {}) and previous["fingerprint"].get("id") != metrics["fingerprint"]["id"]:
+        differ = [k for k, v in metrics["fingerprint"].items()
+                  if k not in ("id", "generators", "baselines") and previous["fingerprint"].get(k) != v]
+        if differ:
+            print(f"replacing {out}: it scored {'another checkpoint' if 'checkpoint_sha256' in differ else 'other inputs'} "
+                  f"({', '.join(differ)} differ)")
     # `lta predict` uses, by default, a reference run's reference generator, else the lowest val action ED
     reference = reference_generator(run.cfg)
     if reference is not None:

@@ -109,6 +109,10 @@ def test_partial_evaluate_merges_per_generator_and_keeps_predicts_choice(tiny, t
     assert set(merged["fingerprint"]["generators"]) == set(both)
     res = lta("predict", f"run={run}", "split=val", "device=cpu", f"out={tmp_path / 'o.json'}")
     assert res.returncode == 0 and f"generator {best} (lowest val action ED" in res.stdout, res.stdout + res.stderr[-2000:]
+    # other settings (a seed): the file is replaced, and says so
+    res = lta("evaluate", f"run={run}", "generators=[sample]", "baselines=[]", "seed=1", "device=cpu")
+    assert res.returncode == 0 and "replacing" in res.stdout and "(seed differ)" in res.stdout, res.stdout
+    assert json.loads((run / "metrics_val.json").read_text())["fingerprint"]["generators"] == ["sample"]
 
 
 def test_merge_keeps_only_results_of_the_same_checkpoint_and_settings():
