@@ -94,7 +94,7 @@ def _run(cfg: PredictConfig) -> int:
         log.warning("%d of %d keys lack features; frequency-prior fallback, e.g. %s", len(fallback), len(expected), fallback[:3])
     Path(str(cfg.out) + ".fallback.json").write_text(json.dumps(
         {"fallback": "frequency_prior", "reason": "observed segments without cached features", "keys": fallback}, indent=1) + "\n")
-    write_provenance(cfg, run, data, store, generator, why, num_keys=len(expected), num_fallback=len(fallback))
+    write_provenance(cfg, run, data, store, generator, why, num_keys=len(expected), num_fallback=len(fallback), amp=amp)
     print(f"wrote {cfg.out}: {len(expected)} keys ({len(expected) - len(fallback)} from the model, "
           f"{len(fallback)} frequency-prior fallback), generator {generator} ({why}); keys "
           f"{key_set_label(run.cfg, num_seen, head['num_input'], convention)}; amp={str(amp).lower()} ({amp_why})")
@@ -107,7 +107,7 @@ def default_out(run: str, split: str) -> Path:
 
 
 def write_provenance(cfg: PredictConfig, run, data: str, store: str, generator: str, why: str, *, num_keys: int,
-                     num_fallback: int) -> Path:
+                     num_fallback: int, amp: bool) -> Path:
     """`<out>.provenance.json`: which run, checkpoint (sha256), generator and code wrote `<out>`, and with what.
 
     A sidecar, not keys in outputs.json: the challenge file holds window keys only (reference doc, section 4.2)."""
@@ -119,7 +119,7 @@ def write_provenance(cfg: PredictConfig, run, data: str, store: str, generator: 
     record = {"outputs": str(Path(cfg.out).resolve()), "run": str(Path(cfg.run).resolve()), "split": cfg.split,
               "checkpoint": cfg.checkpoint, "checkpoint_sha256": file_sha256(checkpoint_path(cfg.run, cfg.checkpoint)),
               "generator": generator, "generator_choice": why, "seed": cfg.seed, "temperature": cfg.temperature,
-              "mbr_samples": cfg.mbr_samples, "num_sequences": run.num_sequences, "cache_keys": dict(run.cache_keys),
+              "mbr_samples": cfg.mbr_samples, "amp": amp, "num_sequences": run.num_sequences, "cache_keys": dict(run.cache_keys),
               "data": data, "store": store, "num_keys": num_keys, "num_fallback_keys": num_fallback,
               "code_version": code_version()}
     path.write_text(json.dumps(record, indent=1) + "\n")
