@@ -304,7 +304,7 @@ AR_ARGS = ["head.decoder=autoregressive", "head.decoder_kwargs={dim: 16, depth: 
 
 def test_beam_search_through_lta_predict(tmp_path):
     from pipelines import cmd_predict, cmd_train_heads
-    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+    from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
     plan = write_synthetic_dataset(tmp_path / "data", clips=8, seed=3)
     write_synthetic_stores(tmp_path / "data", tmp_path / "store", plan, modalities=MODALITIES, noise=2.0)

@@ -31,7 +31,7 @@ def lta(*args: str, cwd: Path | str = ROOT) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, one_torch_thread):
-    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+    from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
     root = tmp_path_factory.mktemp("tools")
     plan = write_synthetic_dataset(root / "data", clips=16, seed=5)

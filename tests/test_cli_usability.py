@@ -44,7 +44,7 @@ def assert_one_line(res: subprocess.CompletedProcess, rc: int, *needles: str) ->
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, one_torch_thread):
-    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+    from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
     root = tmp_path_factory.mktemp("usability")
     plan = write_synthetic_dataset(root / "data", clips=16, seed=5)

@@ -135,7 +135,7 @@ def test_drop_last_trains_only_full_batches(tmp_path, one_torch_thread):
     from features.annotations import load_split
     from features.store import RowTable
     from pipelines import cmd_train_heads
-    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+    from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
     plan = write_synthetic_dataset(tmp_path / "data", clips=8, seed=1)
     RowTable.from_annotations([load_split(tmp_path / "data", s) for s in ("train", "val", "test")])

@@ -186,7 +186,7 @@ def test_same_shard_twice_at_once(sample, reference, tmp_path):
 # -- train-heads ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def heads_data(tmp_path_factory):
-    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+    from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
     root = tmp_path_factory.mktemp("proc_heads")
     plan = write_synthetic_dataset(root / "data", clips=16, seed=3)

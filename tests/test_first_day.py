@@ -19,7 +19,7 @@ from test_cli_usability import MODALITIES, TRAIN, assert_one_line, lta
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, one_torch_thread):
-    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+    from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
     root = tmp_path_factory.mktemp("first_day")
     plan = write_synthetic_dataset(root / "data", clips=16, seed=5)

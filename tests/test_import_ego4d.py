@@ -139,7 +139,7 @@ def test_cli_import_then_ls_verify_export(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_heads_runs_on_an_imported_store(tmp_path):
     from pipelines import cmd_train_heads
-    from train_heads.synthetic_store import write_synthetic_dataset
+    from synthetic_store import write_synthetic_dataset
 
     torch.set_num_threads(1)
     data = tmp_path / "data"

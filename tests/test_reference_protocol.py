@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pipelines import cmd_evaluate, cmd_predict, cmd_report, cmd_train_heads
-from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"

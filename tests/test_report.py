@@ -29,7 +29,7 @@ from features.synthetic import plan_sample
 from pipelines import cmd_evaluate, cmd_predict, cmd_report, cmd_train_heads
 from train_heads.report import ReportHeader, feature_provenance, render_report
 from train_heads.run import load_checkpoint, save_checkpoint
-from train_heads.synthetic_store import write_synthetic_stores
+from synthetic_store import write_synthetic_stores
 
 torch.set_num_threads(1)
 N_IN = 2

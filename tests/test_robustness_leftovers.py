@@ -161,7 +161,7 @@ def test_full_disk_during_extract_is_one_line_and_exit_1(sample, tmp_path, monke
 @pytest.fixture(scope="module")
 def lta_store(tmp_path_factory):
     """A synthetic dataset with the tiny LTA fixture's taxonomy (7 verbs, 11 nouns) and 288-d slowfast features."""
-    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+    from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
     root = tmp_path_factory.mktemp("lta_import")
     plan = write_synthetic_dataset(root / "data", clips=8, seed=1, verbs=7, nouns=11)

@@ -282,7 +282,7 @@ def test_slurm_sweep_over_two_configs_equals_no_launcher(tmp_path):
     epochs) equals a `launcher=none` sweep's."""
     import json
 
-    from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+    from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
     plan = write_synthetic_dataset(tmp_path / "data", clips=16, seed=5)
     write_synthetic_stores(tmp_path / "data", tmp_path / "store", plan,

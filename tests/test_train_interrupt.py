@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from features.exitcodes import EXIT_INTERRUPTED
-from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = {"slowfast": ("slowfast_r101_8x8.synthetic", (32,))}

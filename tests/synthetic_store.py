@@ -1,4 +1,4 @@
-"""Synthetic feature stores with a learnable signal, for tests and benchmarks (no video, no extractor).
+"""Synthetic feature stores with a learnable signal, for the tests (no video, no extractor; imported as `synthetic_store`).
 
 Each segment's feature is `verb_emb[verb] + noun_emb[noun] + noise` (per view and per frame),
 with fixed random class embeddings, written through `features.store.FeatureStore` for the rows of
