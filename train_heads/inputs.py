@@ -91,11 +91,6 @@ def split_windows(data_dir: str | Path, split: str, bank: FeatureBank, *, num_in
     return ann, win
 
 
-def eval_num_seen(num_seen: int, num_input: int) -> int:
-    """The key-defining number of observed segments: `num_seen`, at least `num_input`."""
-    return max(num_seen, num_input)
-
-
 def subset_windows(win: SplitWindows, max_windows: int, seed: int = 0) -> SplitWindows:
     if max_windows and len(win) > max_windows:
         return win.subset(np.sort(np.random.default_rng(seed).choice(len(win), max_windows, replace=False)))
