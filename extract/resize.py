@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from features.annotations import RAW_CLIP_DIR, RESIZED_CLIP_DIR, check_clip_uid
+from features.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +218,7 @@ def write_manifest(data_dir: Path | str, params: ResizeParams) -> Path:
     """Record the resize parameters next to the clips (read by `lta extract` for the cache key)."""
     path = Path(data_dir) / RESIZED_CLIP_DIR / RESIZE_MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(params), sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(asdict(params), sort_keys=True) + "\n")
     return path
 
 

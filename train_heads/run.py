@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from features.files import atomic_write
+
 CONFIG_FILE = "config.yaml"
 CACHE_KEYS_FILE = "cache_keys.json"
 METRICS_FILE = "metrics.json"
@@ -32,15 +34,6 @@ def _plain(cfg: Any) -> dict:
     if not isinstance(cfg, dict):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return json.loads(json.dumps(cfg, default=lambda o: _plain(o)))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when the write failed (full disk): no half-written file stays
 
 
 def checkpoint_path(run_dir: str | Path, name: str = "best") -> Path:
@@ -113,12 +106,12 @@ def save_run(run_dir: str | Path, model: Any, cfg: Any, cache_keys: dict[str, st
              "metrics": metrics or {}}
     state.update(extra_state or {})
     path = save_checkpoint(run_dir, checkpoint, state)
-    _atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
-    _atomic_write_text(run_dir / CACHE_KEYS_FILE, json.dumps({"modalities": dict(cache_keys)}, indent=1) + "\n")
+    atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
+    atomic_write(run_dir / CACHE_KEYS_FILE, json.dumps({"modalities": dict(cache_keys)}, indent=1) + "\n")
     if metrics is not None:
         merged = read_metrics(run_dir)
         merged.update(metrics)
-        _atomic_write_text(run_dir / METRICS_FILE, json.dumps(merged, indent=1) + "\n")
+        atomic_write(run_dir / METRICS_FILE, json.dumps(merged, indent=1) + "\n")
     return path
 
 
@@ -131,7 +124,7 @@ def update_metrics(run_dir: str | Path, values: dict) -> None:
     """Merge `values` into `metrics.json` (atomically), without touching the checkpoints."""
     merged = read_metrics(run_dir)
     merged.update(values)
-    _atomic_write_text(Path(run_dir) / METRICS_FILE, json.dumps(merged, indent=1) + "\n")
+    atomic_write(Path(run_dir) / METRICS_FILE, json.dumps(merged, indent=1) + "\n")
 
 
 @dataclass
