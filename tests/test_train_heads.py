@@ -5,6 +5,7 @@ of features.synthetic. A trained head must beat the frequency prior clearly; pre
 round-trip; resume must equal an uninterrupted run bit for bit.
 """
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from features.annotations import load_split
 from features.store import RowTable
 from pipelines import cmd_evaluate, cmd_predict, cmd_score, cmd_sweep, cmd_train_heads
-from train_heads.synthetic_store import write_synthetic_dataset, write_synthetic_stores
+from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
 torch.set_num_threads(1)
 MODALITIES = {"slowfast": ("slowfast_r101_8x8.synthetic", (64,)), "clip": ("clip_vit_b32.synthetic", (4, 32))}
@@ -126,7 +127,22 @@ def test_predict_score_round_trip_and_fallback(trained, sample, tmp_path):
     assert fallback == expect_fb and len(fallback) == 3
 
 
+class _StopAfterEpoch(logging.Handler):
+    """Sets a stop flag (what SIGINT / SIGTERM set) when training logs the end of epoch `n`: the run stops as a
+    signalled one does, at the next step or epoch boundary, with `last.pt` saved."""
+
+    def __init__(self, stop, n: int):
+        super().__init__()
+        self.stop, self.n = stop, n
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(f"epoch {self.n}/"):
+            self.stop.set()
+
+
 def _small_train(sample, run_dir, stop_after=None, resume=False):
+    """A 3-epoch head; with `stop_after=n`, stopped after epoch n through the stop flag (returns None)."""
+    from features.interrupt import Interrupted, StopFlag
     from train_heads.inputs import fill_model_dims, load_bank, split_windows
     from train_heads.model import ModalityConfig, ModelConfig
     from train_heads.train import TrainConfig, train
@@ -140,14 +156,24 @@ def _small_train(sample, run_dir, stop_after=None, resume=False):
                                        decoder="query", decoder_kwargs={"dim": 32, "depth": 1, "ff_dim": 32}),
                            bank, num_verbs=ann.taxonomy.num_verbs, num_nouns=ann.taxonomy.num_nouns)
     cfg = TrainConfig(epochs=3, batch_size=64, lr=1e-3, warmup_steps=3, label_smoothing=0.1, optimizer="adamw", patience=0)
-    return train(head, cfg, train_windows=tr, val_windows=va, bank=bank, run_dir=run_dir, full_cfg={"head": head, "train": cfg},
-                 resume=resume, stop_after_epochs=stop_after)
+    kwargs = dict(train_windows=tr, val_windows=va, bank=bank, run_dir=run_dir, full_cfg={"head": head, "train": cfg},
+                  resume=resume, stop=StopFlag("train-heads"))
+    if stop_after is None:
+        return train(head, cfg, **kwargs)
+    handler = _StopAfterEpoch(kwargs["stop"], stop_after)
+    logging.getLogger("train_heads.train").addHandler(handler)
+    try:
+        with pytest.raises(Interrupted, match="resume with"):
+            train(head, cfg, **kwargs)
+    finally:
+        logging.getLogger("train_heads.train").removeHandler(handler)
+    return None
 
 
 def test_resume_equals_uninterrupted(sample, tmp_path):
     full = _small_train(sample, tmp_path / "a")
-    part = _small_train(sample, tmp_path / "b", stop_after=1)
-    assert len(part["history"]) == 1
+    _small_train(sample, tmp_path / "b", stop_after=1)
+    assert len(torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=False)["train_state"]["history"]) == 1
     resumed = _small_train(sample, tmp_path / "b", resume=True)
     strip = lambda h: [{k: v for k, v in e.items() if k not in ("train_sec", "windows_per_sec")} for e in h]  # noqa: E731
     assert strip(resumed["history"]) == strip(full["history"]) and len(full["history"]) == 3

@@ -325,7 +325,7 @@ def view_draw_flip_prob(cfg: TrainConfig, bank: FeatureBank) -> float | None:
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindows, val_windows: SplitWindows,
           bank: FeatureBank, run_dir: str | Path, full_cfg: Any, resume: bool = False, overwrite: bool = False,
-          stop_after_epochs: int | None = None, stop: StopFlag | None = None) -> dict[str, Any]:
+          stop: StopFlag | None = None) -> dict[str, Any]:
     """Train a head, writing checkpoints, metrics, `train.log` and TensorBoard logs to `run_dir`.
 
     Args:
@@ -333,7 +333,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindo
         full_cfg: the resolved command config saved in the run dir (its `head` equals `model_cfg`).
         resume: continue from `run_dir/checkpoints/last.pt` (same config, else RunDirError naming the keys).
         overwrite: replace a run already in `run_dir` (without it, and without `resume`, that is a RunDirError).
-        stop_after_epochs: stop after this many epochs in this call (tests simulate an interruption).
         stop: the `features.interrupt` flag to poll; default: the active one, else one installed for this call.
             On SIGINT / SIGTERM the current step finishes (a validation in progress is abandoned), `last.pt`
             records what completed, even mid-epoch, then `Interrupted` (exit 75) is raised naming the resume
@@ -351,11 +350,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindo
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
         stack.enter_context(log_to_file(run_dir / "train.log"))
         return _train(model_cfg, cfg, train_windows=train_windows, val_windows=val_windows, bank=bank, run_dir=run_dir,
-                      full_cfg=full_cfg, resume=resume, stop_after_epochs=stop_after_epochs, stop=stop)
+                      full_cfg=full_cfg, resume=resume, stop=stop)
 
 
 def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindows, val_windows: SplitWindows,
-           bank: FeatureBank, run_dir: Path, full_cfg: Any, resume: bool, stop_after_epochs: int | None,
+           bank: FeatureBank, run_dir: Path, full_cfg: Any, resume: bool,
            stop: StopFlag) -> dict[str, Any]:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -438,8 +437,6 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
         bars.enter_context(logging_redirect_tqdm())
     with bars:
         while state["epoch"] < cfg.epochs and state["bad_epochs"] < (cfg.patience or math.inf):
-            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
-                break
             if stop.requested:  # between epochs: last.pt (if any) already describes exactly this state
                 interrupted = stop.signal_name
                 break
