@@ -38,3 +38,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The tests marked `slow` first (stable otherwise): under pytest-xdist (`make test`) the long files then start
+    at once on the workers, and the many short ones fill in around them instead of leaving one long file last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
