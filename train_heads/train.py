@@ -10,6 +10,7 @@ AdamW, label smoothing, bf16 AMP on CUDA. After every epoch: val ED@Z with the s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import shutil
@@ -221,6 +222,24 @@ def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> No
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def keys_added_since(saved: dict, new: dict, full_cfg: Any) -> list[str]:
+    """The keys of `new` that the saved config lacks and whose value is the schema's default (the schema being
+    `full_cfg`'s dataclass; list entries compared with the default of entry 0): keys added to the schema after the
+    run was trained, at the value that reproduces what the older code did. A key set to anything else is a change."""
+    if not dataclasses.is_dataclass(full_cfg):
+        return []
+    from train_heads.run import _plain
+
+    try:
+        defaults = _flatten(_plain(type(full_cfg)()))
+    except TypeError:  # a schema with required fields: no defaults to compare with
+        return []
+    have, missing = _flatten(saved), object()
+    generic = lambda key: ".".join("0" if part.isdigit() else part for part in key.split("."))  # noqa: E731
+    return [key for key, value in _flatten(new).items()
+            if key not in have and defaults.get(key, defaults.get(generic(key), missing)) == value]
+
+
 def check_resume_config(run_dir: Path, full_cfg: Any, *, before_loading: bool = False) -> None:
     """RunDirError naming every key in which `full_cfg` differs from the run's saved config (one line).
 
@@ -246,6 +265,11 @@ def check_resume_config(run_dir: Path, full_cfg: Any, *, before_loading: bool = 
         modalities = range(max(len(saved.get("head", {}).get("modalities", [])), len(new["head"]["modalities"])))
         ignore += (*(f"head.modalities.{i}.{k}" for i in modalities for k in ("in_dim", "frames")),
                    "head.num_verbs", "head.num_nouns")
+    added = keys_added_since(saved, new, full_cfg)
+    if added:  # a run trained before these keys existed trained as their defaults do
+        log.info("resume: %s not in %s (added to the schema since the run was trained); their defaults are what it "
+                 "trained with", ", ".join(added), path)
+        ignore += tuple(added)
     diff = config_differences(saved, new, ignore)
     if diff:
         raise RunDirError(f"resume=true: this config differs from {path} in {len(diff)} key(s): {'; '.join(diff)}. "
