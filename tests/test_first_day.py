@@ -235,8 +235,8 @@ def test_a_yaml_without_warmup_steps_still_reaches_its_lr(tiny, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     history = json.loads((run / "metrics.json").read_text())["history"]
     steps = history[-1]["step"]
-    assert 2 * TrainConfig().warmup_steps > steps  # the case: the default warm-up is longer than half the run
-    assert f"train.warmup_steps={TrainConfig().warmup_steps} is more than half of this run's {steps} steps" in res.stderr
+    assert TrainConfig().warmup_steps >= 2 * steps  # the case: the default warm-up is at least twice the run
+    assert f"train.warmup_steps={TrainConfig().warmup_steps} is at least twice this run's {steps} steps" in res.stderr
     # the end-of-epoch-1 lr: the cosine's value shortly after the peak, not a point on a 1000-step warm-up ramp
     assert history[0]["lr"] > 0.4 * 2e-3, history[0]["lr"]
 

@@ -60,8 +60,8 @@ class TrainConfig:
     optimizer: str = _opt("adam", "adam (reference) or adamw")
     lr: float = _opt(1e-4, "peak learning rate")
     weight_decay: float = _opt(1e-4, "weight decay (0 for the parameters train.no_decay picks)")
-    warmup_steps: int = _opt(1000, "linear warm-up iterations, then cosine to 0 at the last iteration; more than half "
-                                   "of the run's steps is cut to a tenth of them (a warning says so)")
+    warmup_steps: int = _opt(1000, "linear warm-up iterations, then cosine to 0 at the last iteration; at least twice "
+                                   "the run's steps is cut to a tenth of them, longer than the run warns")
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
     recognition_weight: float = _opt(1.0, "weight of the observed-segment recognition loss (reference: 0, no such loss)")
     amp: bool = _opt(True, "bf16 autocast on CUDA, ignored on the CPU (reference: false, fp32)")

@@ -74,10 +74,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def effective_warmup(warmup_steps: int, total_steps: int) -> int:
-    """The warm-up a run uses: `warmup_steps`, unless that is more than half of the run's `total_steps` (the
-    reference's 1000 on a short run would end before the peak lr is reached, e.g. at 3e-6 of 1e-4): then a tenth
-    of the run (at least 1 step). `train` logs a warning when it cuts one."""
-    return warmup_steps if 2 * warmup_steps <= total_steps else max(1, total_steps // 10)
+    """The warm-up a run uses: `warmup_steps`, unless the run would end before reaching half of its peak lr
+    (`warmup_steps >= 2 * total_steps`: the reference's 1000 on a 16-step run ends at 1.6% of it): then a tenth
+    of the run (at least 1 step). `train` logs a warning when it cuts one, and when a warm-up longer than the run
+    is kept (the run then ends below its peak lr)."""
+    return warmup_steps if warmup_steps < 2 * total_steps else max(1, total_steps // 10)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -408,9 +409,13 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
     optimizer = make_optimizer(model, cfg)
     warmup = effective_warmup(cfg.warmup_steps, total_steps)
     if warmup != cfg.warmup_steps:
-        log.warning("train.warmup_steps=%d is more than half of this run's %d steps (%d epochs x %d): warming up over "
+        log.warning("train.warmup_steps=%d is at least twice this run's %d steps (%d epochs x %d): warming up over "
                     "%d step(s) instead, so the run reaches train.lr=%g", cfg.warmup_steps, total_steps, cfg.epochs,
                     steps_per_epoch, warmup, cfg.lr)
+    elif warmup > total_steps:
+        log.warning("train.warmup_steps=%d is longer than this run's %d steps (%d epochs x %d): the run ends at "
+                    "%.0f%% of train.lr=%g", warmup, total_steps, cfg.epochs, steps_per_epoch,
+                    100 * total_steps / warmup, cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total_steps))
     select = f"model.{cfg.val_generator}.{cfg.select_metric}"
     # step_in_epoch > 0: last.pt was written mid-epoch (a signal); rng_data is then the epoch's starting state
