@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
@@ -134,16 +133,13 @@ def _check(cfg: FinetuneConfig) -> None:
 
 
 def _run(cfg: FinetuneConfig) -> int:
-    from features.interrupt import Interrupted, grace_sec, stop_on_signals
+    from features.interrupt import grace_sec, stop_on_signals
 
-    # SIGTERM / SIGINT: the current optimiser step finishes, a checkpoint is written, exit 75 (resume=true continues)
+    # SIGTERM / SIGINT: the current optimiser step finishes, a checkpoint is written and `Interrupted` reaches the
+    # error boundary (pipelines.common.error_boundary: one line, exit 75; resume=true continues)
     grace = grace_sec() + (15.0 if cfg.launcher == "local" else 0.0)
     with stop_on_signals("finetune-backbone", grace=grace, message="finishing the current step, then checkpointing"):
-        try:
-            return _train(cfg)
-        except Interrupted as err:
-            print(f"lta finetune-backbone: {err}", file=sys.stderr)
-            return err.exit_code
+        return _train(cfg)
 
 
 def _train(cfg: FinetuneConfig) -> int:
@@ -167,13 +163,9 @@ def _train(cfg: FinetuneConfig) -> int:
         if cfg.submitit_cluster == "debug":
             job.result()  # the debug executor runs the job in this process on result()
         return 0
-    from extract.finetune.train import TooManyFailures, finetune
+    from extract.finetune.train import finetune
 
-    try:
-        result = finetune(opts)
-    except TooManyFailures as err:
-        log.error("%s", err)
-        return 1
+    result = finetune(opts)  # TooManyFailures (a RunFailure: exit 1) before training when the probe drops too much
     if int(os.environ.get("RANK", "0")) == 0:
         log.info("done: step %d | val %s | %.2f samples/s | data wait %.0f%% | %d segments dropped, %d decode failures",
                  result["step"], result["val"], result["samples_per_sec"], 100 * result["data_wait_share"],

@@ -45,6 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 from features.devices import resolve_device
+from features.errors import RunFailure
 from extract.finetune.data import EpochBatchSampler, ProbeReport, RecognitionDataset, make_loader, probe_split
 from extract.finetune.model import (
     RECIPES,
@@ -65,8 +66,8 @@ CHECKPOINT = "checkpoints/last.pt"
 FAILURES = "failures.jsonl"
 
 
-class TooManyFailures(RuntimeError):
-    """The probe dropped more than `max_failed_frac` of the segments; raised before training starts."""
+class TooManyFailures(RunFailure):
+    """The probe dropped more than `max_failed_frac` of the segments; raised before training starts (exit 1)."""
 
 
 @dataclass
