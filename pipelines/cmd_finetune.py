@@ -15,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional, Sequence
+from typing import ClassVar, Sequence
 
+from extract.finetune.options import TrainOptions
 from pipelines.common import UsageError, run_command
 from pipelines.config import opt, to_yaml
 from pipelines.slurm_options import slurm_options
@@ -28,40 +28,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class FinetuneConfig(slurm_options(gpus=8, mem_gb=0, time_min=4320)):
-    data: str = opt("data/long_term_anticipation", "dataset root (annotations/, clips/)")
-    out: str = opt("runs/finetune", "run directory (checkpoints, backbone.pt, tensorboard/)")
-    backbone: str = opt("slowfast_r101_8x8", "slowfast_r101_8x8 | slowfast_r50_8x8 | mvit_b_16x4")
-    init: str = opt("kinetics", "kinetics[:PATH] | ego4d:PATH | random")
-    train_split: str = opt("train", "split trained on")
-    val_split: Optional[str] = opt("val", "split validated each epoch (empty = none)")
-    resized: bool = opt(True, "read clips/ (short side 320); false reads clips_hq/")
-    lr: Optional[float] = opt(None, "base LR (default: the recipe's, 1e-4 SlowFast / 1e-2 MViT)")
-    epochs: Optional[int] = opt(None, "epochs (default: 30 SlowFast / 40 MViT)")
-    batch_size: Optional[int] = opt(None, "effective batch over all GPUs and accumulation (default 64)")
-    accum_steps: int = opt(1, "gradient accumulation micro-steps per optimiser step")
-    momentum: float = opt(0.9, "SGD momentum (nesterov)")
-    nesterov: bool = opt(True, "nesterov momentum")
-    weight_decay: float = opt(1e-4, "weight decay of non-BatchNorm parameters")
-    bn_weight_decay: float = opt(0.0, "weight decay of BatchNorm parameters")
-    warmup_steps: int = opt(1000, "linear warm-up optimiser steps before the cosine")
-    dropout: float = opt(0.5, "dropout before the verb/noun heads")
-    flip_prob: float = opt(0.5, "horizontal flip probability (the reference flips always: a bug)")
-    bn_mode: str = opt("train", "train (batch stats) | frozen (BN in eval mode, for tiny per-GPU batches)")
-    width_per_group: Optional[int] = opt(None, "SlowFast width override (64 = reference; small for CPU tests)")
-    crop_size: Optional[int] = opt(None, "crop override (224 = reference); short sides scale with it")
-    num_frames: Optional[int] = opt(None, "frame-count override (window length kept)")
-    num_workers: int = opt(8, "DataLoader decoding workers per process")
-    seed: int = opt(0, "seed of init, data order and augmentation")
-    max_steps: int = opt(0, "stop after this many optimiser steps (0 = all epochs; schedule unchanged)")
-    log_every: int = opt(20, "log a line every N steps")
-    ckpt_every: int = opt(500, "write checkpoints/last.pt every N steps (and at every epoch end)")
-    val_every: int = opt(1, "validate every N epochs")
-    device: str = opt("auto", "auto | cpu | cuda")
-    precision: str = opt("auto", "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")
-    resume: bool = opt(False, "continue from out/checkpoints/last.pt (a SLURM requeue always resumes)")
+class FinetuneConfig(slurm_options(gpus=8, mem_gb=0, time_min=4320), TrainOptions):
+    """The trainer's options (extract.finetune.options.TrainOptions: data, out, backbone, lr, resume, ...), the
+    slurm_* keys (pipelines.slurm_options) and the keys of the launch itself; none of them is declared twice."""
+
     overwrite: bool = opt(False, "replace a run already in out (without it or resume=true that is an error)")
-    max_failed_frac: float = opt(0.01, "exit 1 before training when bad clips (out/failures.jsonl) drop more than this fraction of segments")
     launcher: str = opt("none", "none (this process / torchrun) | local (a submitit local subprocess) | slurm (submitit)")
     nodes: int = opt(1, "SLURM nodes (slurm_gpus tasks each, one per GPU, slurm_cpus CPUs per task)")
     tasks_per_node: int = opt(0, "SLURM tasks (DDP ranks) per node; 0 = slurm_gpus (one per GPU); set it for CPU (gloo) runs")
@@ -73,10 +44,8 @@ class FinetuneConfig(slurm_options(gpus=8, mem_gb=0, time_min=4320)):
                                     "gpus_per_node": "slurm_gpus", "slurm_cluster": "submitit_cluster"}
 
 
-def train_options(cfg: FinetuneConfig):
-    """The one mapping from the CLI schema to `extract.finetune.train.TrainOptions`."""
-    from extract.finetune.train import TrainOptions
-
+def train_options(cfg: FinetuneConfig) -> TrainOptions:
+    """The trainer's part of the command's config (a plain TrainOptions, what the SLURM job pickles)."""
     names = {f.name for f in dataclasses.fields(TrainOptions)}
     return TrainOptions(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names})
 
@@ -164,16 +133,13 @@ def _check(cfg: FinetuneConfig) -> None:
 
 
 def _run(cfg: FinetuneConfig) -> int:
-    from features.interrupt import Interrupted, grace_sec, stop_on_signals
+    from features.interrupt import grace_sec, stop_on_signals
 
-    # SIGTERM / SIGINT: the current optimiser step finishes, a checkpoint is written, exit 75 (resume=true continues)
+    # SIGTERM / SIGINT: the current optimiser step finishes, a checkpoint is written and `Interrupted` reaches the
+    # error boundary (pipelines.common.error_boundary: one line, exit 75; resume=true continues)
     grace = grace_sec() + (15.0 if cfg.launcher == "local" else 0.0)
     with stop_on_signals("finetune-backbone", grace=grace, message="finishing the current step, then checkpointing"):
-        try:
-            return _train(cfg)
-        except Interrupted as err:
-            print(f"lta finetune-backbone: {err}", file=sys.stderr)
-            return err.exit_code
+        return _train(cfg)
 
 
 def _train(cfg: FinetuneConfig) -> int:
@@ -197,13 +163,9 @@ def _train(cfg: FinetuneConfig) -> int:
         if cfg.submitit_cluster == "debug":
             job.result()  # the debug executor runs the job in this process on result()
         return 0
-    from extract.finetune.train import TooManyFailures, finetune
+    from extract.finetune.train import finetune
 
-    try:
-        result = finetune(opts)
-    except TooManyFailures as err:
-        log.error("%s", err)
-        return 1
+    result = finetune(opts)  # TooManyFailures (a RunFailure: exit 1) before training when the probe drops too much
     if int(os.environ.get("RANK", "0")) == 0:
         log.info("done: step %d | val %s | %.2f samples/s | data wait %.0f%% | %d segments dropped, %d decode failures",
                  result["step"], result["val"], result["samples_per_sec"], 100 * result["data_wait_share"],

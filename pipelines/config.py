@@ -13,19 +13,13 @@ from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from features.errors import UsageError
+from features.options import opt  # noqa: F401 - the schemas' field helper, re-exported here
 
 T = TypeVar("T")
 
 
 class ConfigError(UsageError):
     """A command line or config file that does not fit the command's schema (a UsageError: exit 2)."""
-
-
-def opt(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
-    """A config field with a default and a one-line help string shown by `--help`."""
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
 
 
 def _type_name(tp: Any) -> str:

@@ -109,6 +109,28 @@ def test_bn_name_rule_is_the_reference_rule():
         param_groups(model, 1e-4, "layernorm")
 
 
+def test_one_schedule_and_one_group_rule_for_both_trainers():
+    """train-heads and finetune-backbone take the LR schedule and the weight-decay split from features.optim
+    (torch-free: the split runs on any (name, param) pairs with `requires_grad`)."""
+    from types import SimpleNamespace
+
+    from extract.finetune import model as finetune_model
+    from features import optim
+    from train_heads import train as heads_train
+
+    assert heads_train.cosine_warmup_factor is finetune_model.cosine_warmup_factor is optim.cosine_warmup_factor
+    assert heads_train.weight_decay_groups is finetune_model.weight_decay_groups is optim.weight_decay_groups
+    f = [optim.cosine_warmup_factor(s, warmup_steps=4, total_steps=12) for s in (0, 1, 4, 6, 8, 12, 13)]
+    assert f == pytest.approx([0.0, 0.25, 1.0, 0.5 + 2 ** 0.5 / 4, 0.5, 0.0, 0.0])  # cos(pi/4) at a quarter of the cosine
+    params = [(n, SimpleNamespace(requires_grad=n != "frozen")) for n in ("a", "bn1", "frozen", "b", "bn2")]
+    decay, exempt = optim.weight_decay_groups(params, lambda n, _p: n.startswith("bn"), weight_decay=0.1,
+                                              exempt_weight_decay=0.01, names=("default", "bn"))
+    by_name = {id(p): n for n, p in params}
+    assert [by_name[id(p)] for p in decay["params"]] == ["a", "b"] and [by_name[id(p)] for p in exempt["params"]] == ["bn1", "bn2"]
+    assert (decay["weight_decay"], decay["name"], exempt["weight_decay"], exempt["name"]) == (0.1, "default", 0.01, "bn")
+    assert set(optim.weight_decay_groups(params, lambda n, _p: False, weight_decay=0.1)[0]) == {"params", "weight_decay"}
+
+
 def test_reference_head_decays_every_parameter():
     """On the reference transformer head nothing is named *bn*: all parameters, LayerNorms included, decay."""
     from train_heads.model import build_model

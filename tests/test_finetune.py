@@ -179,7 +179,7 @@ def test_resume_equals_uninterrupted(sample, tmp_path):
     opts = dict(data=str(sample), **TINY, batch_size=8, accum_steps=2, epochs=2, lr=0.05, val_split="")
     full = finetune(TrainOptions(out=str(tmp_path / "full"), max_steps=6, **opts))["model"]
     finetune(TrainOptions(out=str(tmp_path / "parts"), max_steps=3, **opts))
-    resumed = finetune(TrainOptions(out=str(tmp_path / "parts"), max_steps=6, **opts))
+    resumed = finetune(TrainOptions(out=str(tmp_path / "parts"), max_steps=6, resume=True, **opts))
     assert resumed["step"] == 6
     a, b = full.state_dict(), resumed["model"].state_dict()
     assert a.keys() == b.keys()

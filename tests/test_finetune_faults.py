@@ -29,7 +29,6 @@ from extract.finetune.data import EpochBatchSampler, RecognitionDataset, make_lo
 from extract.finetune.model import make_spec  # noqa: E402
 from extract.resize import ffmpeg_exe  # noqa: E402
 from features.annotations import load_split  # noqa: E402
-from pipelines import cmd_finetune  # noqa: E402
 
 TINY = dict(backbone="slowfast_r50_8x8", init="random", resized=False, width_per_group=8, crop_size=32, num_frames=8,
             num_workers=0, log_every=1000, warmup_steps=1, batch_size=8, epochs=1, lr=0.05)
@@ -127,16 +126,19 @@ def test_bad_clips_are_recorded_dropped_and_training_completes(broken, tmp_path)
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file() and (tmp_path / "run" / "backbone.pt").is_file()
 
 
-def test_too_many_failures_exit_1_before_training(broken, tmp_path, caplog):
+def test_too_many_failures_exit_1_before_training(broken, tmp_path, capsys):
+    """The command raises TooManyFailures (a RunFailure); the CLI's error boundary prints it as one line, exit 1."""
+    from pipelines.cli import main as lta
+
     run = tmp_path / "run"
     args = [f"data={broken['root']}", f"out={run}", "backbone=slowfast_r50_8x8", "init=random", "resized=false",
             "width_per_group=8", "crop_size=32", "num_frames=8", "batch_size=8", "epochs=1", "num_workers=0"]
-    with caplog.at_level("ERROR"):
-        assert cmd_finetune.main(args) == 1  # default max_failed_frac=0.01
+    assert lta(["finetune-backbone", *args]) == 1  # default max_failed_frac=0.01
+    err = capsys.readouterr().err.strip().splitlines()
     dropped = sum(broken["segments"][broken[k]] for k in BAD)
     total = sum(broken["segments"].values())
-    assert f"the clip probe dropped {dropped} of {total} segments" in caplog.text and "max_failed_frac=0.01" in caplog.text
-    assert str(run / "failures.jsonl") in caplog.text
+    assert err[-1].startswith(f"lta finetune-backbone: the clip probe dropped {dropped} of {total} segments"), err[-3:]
+    assert "max_failed_frac=0.01" in err[-1] and str(run / "failures.jsonl") in err[-1] and "Traceback" not in "\n".join(err)
     assert len(_records(run)) == len(BAD)
     assert not (run / "checkpoints").exists() and not (run / "backbone.pt").exists() and not (run / "tensorboard").exists()
 

@@ -1,4 +1,6 @@
-"""The `slurm_*` keys have one definition (pipelines.slurm_options.SlurmOptions) shared by every launching command."""
+"""Every command key has one definition: the `slurm_*` keys live in pipelines.slurm_options.SlurmOptions, shared by
+every launching command, and a command schema that composes another schema (inherits it: SlurmOptions, the
+fine-tuning trainer's TrainOptions) never declares one of that schema's keys again."""
 from __future__ import annotations
 
 import ast
@@ -65,3 +67,51 @@ def test_per_command_defaults_and_help():
     assert (params.cpus_per_task, params.partition, params.constraint, params.gpus_per_node) == (2, "debug", "v100", 1)
     with pytest.raises(TypeError, match="unknown defaults"):
         slurm_options(gpu=1)
+
+
+# -- a command schema never redeclares a key of a schema it composes ----------------------------------------
+
+def redeclared(schema: type) -> list[str]:
+    """`Schema.key (owned by Base)` for each field written in `schema`'s own body that a dataclass it inherits
+    already defines. The classes `slurm_options(...)` makes (new defaults for SlurmOptions' keys) are the one
+    sanctioned exception; they live in pipelines.slurm_options, never in a command module."""
+    own = vars(schema).get("__annotations__", {})
+    found = []
+    for base in schema.__mro__[1:]:
+        if dataclasses.is_dataclass(base):
+            found += [f"{schema.__name__}.{key} (owned by {base.__name__})"
+                      for key in own if key in {f.name for f in dataclasses.fields(base)}]
+    return found
+
+
+def test_no_command_schema_redeclares_a_key_it_inherits():
+    found = [line for schemas in _schemas().values() for schema in schemas for line in redeclared(schema)]
+    assert found == [], f"declare each key once, in the schema that owns it: {found}"
+    # the check does catch a copy: a schema that inherits TrainOptions and declares lr again
+    from extract.finetune.options import TrainOptions
+
+    @dataclasses.dataclass
+    class Copy(TrainOptions):
+        lr: float = 0.3
+        launcher: str = "none"
+
+    assert redeclared(Copy) == ["Copy.lr (owned by TrainOptions)"]
+
+
+def test_finetune_command_composes_the_trainer_options():
+    """`lta finetune-backbone`'s schema inherits the trainer's TrainOptions, so each trainer key (and its default,
+    e.g. resume) is the trainer's own field, and the command's config maps onto TrainOptions key for key."""
+    from extract.finetune.options import TrainOptions
+    from extract.finetune.train import TrainOptions as reexported
+    from pipelines.cmd_finetune import FinetuneConfig, train_options
+
+    assert reexported is TrainOptions and issubclass(FinetuneConfig, TrainOptions)
+    for f in dataclasses.fields(TrainOptions):
+        assert FinetuneConfig.__dataclass_fields__[f.name] is f, f.name  # the same Field: one default, one help line
+    assert FinetuneConfig().resume is TrainOptions().resume is False
+    cfg = parse_config(FinetuneConfig, ["lr=0.05", "resume=true", "val_split=", "slurm_gpus=2", "launcher=local"])
+    opts = train_options(cfg)
+    assert type(opts) is TrainOptions and (opts.lr, opts.resume, opts.val_split) == (0.05, True, None)
+    assert dataclasses.asdict(opts) == {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainOptions)}
+    text = help_text(FinetuneConfig, "finetune-backbone")
+    assert all(f" {f.name} " in text for f in dataclasses.fields(TrainOptions))

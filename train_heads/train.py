@@ -26,6 +26,7 @@ from torch import nn
 from features.devices import resolve_device
 from features.errors import UsageError
 from features.interrupt import Interrupted, StopFlag, current, stop_on_signals
+from features.optim import cosine_warmup_factor, weight_decay_groups
 from train_heads.data import DeviceWindows, FeatureBank, SplitWindows, iterate_batches
 from train_heads.evaluate import Abandoned, autocast, forecast_split, score_sequences
 from train_heads.generators import create_generator
@@ -40,28 +41,27 @@ log = logging.getLogger(__name__)
 from train_heads.schemas import VIEW_DRAWS, TrainConfig  # noqa: E402,F401 - torch-free schema, re-exported
 
 
-def _norm_layer_params(model: nn.Module) -> set[int]:
-    """ids of the parameters of LayerNorm / BatchNorm layers."""
-    return {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)) for p in m.parameters(recurse=False)}
+def _norm_layer_params(model: nn.Module) -> Callable[[str, nn.Parameter], bool]:
+    """The parameters of LayerNorm / BatchNorm layers."""
+    ids = {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm, nn.BatchNorm1d)) for p in m.parameters(recurse=False)}
+    return lambda _name, p: id(p) in ids
 
 
-def _bn_named_params(model: nn.Module) -> set[int]:
-    """ids of the parameters whose names contain "bn": the reference's rule (ego4d_forecasting/optimizers/optimizer.py
+def _bn_named_params(model: nn.Module) -> Callable[[str, nn.Parameter], bool]:
+    """The parameters whose names contain "bn": the reference's rule (ego4d_forecasting/optimizers/optimizer.py
     construct_optimizer), which on a forecasting head exempts nothing (its LayerNorms are named `norm*`)."""
-    return {id(p) for name, p in model.named_parameters() if "bn" in name}
+    return lambda name, _p: "bn" in name
 
 
 NO_DECAY = {"norm": _norm_layer_params, "bn_name": _bn_named_params}  # TrainConfig.no_decay
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay: str = "norm") -> list[dict]:
-    """Two groups: the parameters picked by the `no_decay` rule get weight decay 0, all others `weight_decay`."""
+    """Two groups (features.optim.weight_decay_groups, shared with finetune-backbone): the parameters picked by the
+    `no_decay` rule get weight decay 0, all others `weight_decay`."""
     if no_decay not in NO_DECAY:
         raise ValueError(f"unknown no_decay rule {no_decay!r}; available: {sorted(NO_DECAY)}")
-    exempt = NO_DECAY[no_decay](model)
-    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in exempt]
-    no_wd = [p for p in model.parameters() if p.requires_grad and id(p) in exempt]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_wd, "weight_decay": 0.0}]
+    return weight_decay_groups(model.named_parameters(), NO_DECAY[no_decay](model), weight_decay=weight_decay)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -79,18 +79,6 @@ def effective_warmup(warmup_steps: int, total_steps: int) -> int:
     of the run (at least 1 step). `train` logs a warning when it cuts one, and when a warm-up longer than the run
     is kept (the run then ends below its peak lr)."""
     return warmup_steps if warmup_steps < 2 * total_steps else max(1, total_steps // 10)
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    """lr factor per iteration: linear 0 -> 1 over `warmup_steps`, then half-cosine to 0 at `total_steps`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def forecast_loss(out: dict[str, torch.Tensor], future_verb: torch.Tensor, future_noun: torch.Tensor, *,
@@ -416,7 +404,8 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
         log.warning("train.warmup_steps=%d is longer than this run's %d steps (%d epochs x %d): the run ends at "
                     "%.0f%% of train.lr=%g", warmup, total_steps, cfg.epochs, steps_per_epoch,
                     100 * total_steps / warmup, cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_warmup_factor(step, warmup_steps=warmup, total_steps=total_steps))
     select = f"model.{cfg.val_generator}.{cfg.select_metric}"
     # step_in_epoch > 0: last.pt was written mid-epoch (a signal); rng_data is then the epoch's starting state
     state = {"epoch": 0, "global_step": 0, "step_in_epoch": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0,

@@ -14,12 +14,12 @@ weight fetching and strict loading come from extract/weights.py, shared with the
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from features.files import atomic_path, atomic_write
+from features.optim import cosine_warmup_factor, weight_decay_groups  # noqa: F401 - the schedule, re-exported
 from extract.weights import KINETICS_URLS, fetch_url, load_kinetics_state_dict, load_state_dict_strictly
 
 if TYPE_CHECKING:
@@ -228,7 +228,8 @@ def _load_without_head(backbone: "nn.Module", state: dict, source: str) -> None:
 
 
 def param_groups(model: "nn.Module", *, weight_decay: float, bn_weight_decay: float = 0.0) -> list[dict]:
-    """Two groups as in the reference optimiser: BatchNorm parameters get `bn_weight_decay`, the rest `weight_decay`.
+    """Two groups as in the reference optimiser: BatchNorm parameters get `bn_weight_decay`, the rest `weight_decay`
+    (features.optim.weight_decay_groups, shared with train-heads).
 
     The reference selects by the substring "bn" of PySlowFast names; pytorchvideo names its
     BatchNorms `norm*`, so the selection here is by module type.
@@ -236,23 +237,8 @@ def param_groups(model: "nn.Module", *, weight_decay: float, bn_weight_decay: fl
     from torch import nn
 
     bn_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters(recurse=False)}
-    bn, rest = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (bn if id(p) in bn_ids else rest).append(p)
-    return [
-        {"params": rest, "weight_decay": weight_decay, "name": "default"},
-        {"params": bn, "weight_decay": bn_weight_decay, "name": "bn"},
-    ]
-
-
-def cosine_warmup_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
-    """LR multiplier at optimiser step `step`: linear 0 -> 1 over `warmup_steps`, then half-cosine to 0 at `total_steps`."""
-    if step < warmup_steps:
-        return step / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return weight_decay_groups(model.named_parameters(), lambda _name, p: id(p) in bn_ids, weight_decay=weight_decay,
+                               exempt_weight_decay=bn_weight_decay, names=("default", "bn"))
 
 
 def export_backbone(model: "nn.Module", spec: BackboneSpec, out_dir: Path | str, *, extra: dict | None = None) -> Path:

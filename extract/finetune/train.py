@@ -45,6 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 from features.devices import resolve_device
+from features.errors import RunFailure
 from extract.finetune.data import EpochBatchSampler, ProbeReport, RecognitionDataset, make_loader, probe_split
 from extract.finetune.model import (
     RECIPES,
@@ -58,52 +59,15 @@ from extract.finetune.model import (
     param_groups,
     recognition_loss,
 )
+from extract.finetune.options import TrainOptions  # finetune's arguments (the CLI schema inherits them)
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
 FAILURES = "failures.jsonl"
 
 
-class TooManyFailures(RuntimeError):
-    """The probe dropped more than `max_failed_frac` of the segments; raised before training starts."""
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Arguments of `finetune` (the CLI schema maps onto these one to one; None = the backbone's recipe)."""
-
-    data: str
-    out: str
-    backbone: str = "slowfast_r101_8x8"
-    init: str = "kinetics"
-    train_split: str = "train"
-    val_split: str | None = "val"
-    resized: bool = True
-    lr: float | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    accum_steps: int = 1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    bn_weight_decay: float = 0.0
-    warmup_steps: int = 1000
-    dropout: float = 0.5
-    flip_prob: float = 0.5
-    bn_mode: str = "train"
-    width_per_group: int | None = None
-    crop_size: int | None = None
-    num_frames: int | None = None
-    num_workers: int = 8
-    seed: int = 0
-    max_steps: int = 0
-    log_every: int = 20
-    ckpt_every: int = 500
-    val_every: int = 1
-    device: str = "auto"
-    precision: str = "auto"
-    resume: bool = True
-    max_failed_frac: float = 0.01
+class TooManyFailures(RunFailure):
+    """The probe dropped more than `max_failed_frac` of the segments; raised before training starts (exit 1)."""
 
 
 @dataclass
