@@ -117,6 +117,11 @@ def test_no_command_module_reports_its_own_errors():
     assert not found, "\n".join(found)
 
 
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("LTA_DEBUG", raising=False)  # LTA_DEBUG=1 would show tracebacks instead of the line
+
+
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
