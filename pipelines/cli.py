@@ -1,7 +1,8 @@
 """`lta <command> key=value ...`: the single entry point of the project.
 
 Commands are registered by name -> "module:function" and imported only when run, so
-`lta --help` is instant. Every command is a `main(argv) -> int` that tests call directly.
+`lta --help` is instant. Every command is a `main(argv) -> int` that tests call directly; its errors are
+exceptions, which `main` here turns into the one line and the exit status (`pipelines.common.error_boundary`).
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import yaml
 
-from pipelines.common import run_command
+from pipelines.common import RunFailure, run_command
 from pipelines.config import opt
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Stages:
 
 def _check(rc: int, stage: str) -> None:
     if rc != 0:
-        raise RuntimeError(f"lta demo: stage {stage!r} failed (exit {rc}); see the messages above")
+        raise RunFailure(f"stage {stage!r} failed (exit {rc}); see the messages above", exit_code=rc)
 
 
 def _stage_sample(cfg: DemoConfig, data: Path) -> str:

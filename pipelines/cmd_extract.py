@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 from features.files import atomic_write_json
-from pipelines.common import UsageError, run_command
+from pipelines.common import RunFailure, UsageError, run_command
 from pipelines.config import opt, to_yaml
 from pipelines.slurm_options import SlurmOptions
 
@@ -225,17 +224,14 @@ def _config_yaml(cfg: ExtractConfig) -> str:
 
 
 def _run(cfg: ExtractConfig) -> int:
-    from features.interrupt import Interrupted, grace_sec, stop_on_signals
+    from features.interrupt import grace_sec, stop_on_signals
 
-    # SIGTERM / SIGINT: the current clip is finished or abandoned, written clips stay, exit 75 (resumable);
-    # a launcher forwards the signal to its local jobs and waits for them, so it gets a longer grace
+    # SIGTERM / SIGINT: the current clip is finished or abandoned, written clips stay, and `Interrupted`
+    # propagates to the boundary (exit 75, resumable); a launcher forwards the signal to its local jobs and
+    # waits for them, so it gets a longer grace
     grace = grace_sec() + (15.0 if cfg.launcher in ("local", "slurm") else 0.0)
     with stop_on_signals("extract", grace=grace, message="finishing the current batch, abandoning unfinished clips"):
-        try:
-            return _run_stoppable(cfg)
-        except Interrupted as err:
-            print(f"lta extract: {err}", file=sys.stderr)
-            return err.exit_code
+        return _run_stoppable(cfg)
 
 
 def _run_stoppable(cfg: ExtractConfig) -> int:
@@ -244,14 +240,14 @@ def _run_stoppable(cfg: ExtractConfig) -> int:
     from extract.shard_lock import ShardLayoutError, ShardLock, ShardLockedError
     from features.annotations import AnnotationError
     from features.store import StoreWriteError
+    from pipelines.checks import LAUNCHERS, did_you_mean
 
     try:
         _validate(cfg)
     except (AnnotationError, UsageError):
         raise  # the message names the file / key and the record; nothing was written
-    except ValueError as err:
-        log.error("%s", err)
-        return 2
+    except ValueError as err:  # a bad shard or weights value
+        raise UsageError(str(err)) from err
     store = Path(cfg.store)
     done = _already_extracted(cfg)
     if done is not None:
@@ -281,22 +277,20 @@ def _run_stoppable(cfg: ExtractConfig) -> int:
             log.info("verify: %s rows unfilled per store (%d rows recorded as failed)", missing, failed)
             for key, n in missing.items():
                 if n > failed:
-                    log.error("store %s is incomplete: %d rows unfilled, only %d recorded failures", key, n, failed)
-                    return 1
+                    raise RunFailure(f"store {key} is incomplete: {n} rows unfilled, only {failed} recorded failures")
             _write_json(store / "extract_summary.json", summaries)
         else:
-            log.error("unknown launcher %r; available: ['none', 'local', 'slurm']", cfg.launcher)
-            return 2
+            raise UsageError(f"launcher={cfg.launcher}: unknown launcher{did_you_mean(cfg.launcher, LAUNCHERS)}; "
+                             f"valid: {list(LAUNCHERS)}")
     except (ShardLockedError, StoreWriteError, ShardLayoutError) as err:  # one line naming the lock / store and rows
         # (from a launcher's job too: run_array re-raises the job's exception with its job id and log path)
-        print(f"lta extract: {type(err).__name__}: {err}", file=sys.stderr)
         if isinstance(err, StoreWriteError):
             # zarr writes a run's chunks concurrently: when one fails (full disk) its sibling writes are left
             # pending and asyncio logs them, with a traceback, when the process exits. The store is intact
-            # (the rows stay unfinished) and the one line above says all, so that noise is dropped (a rare
+            # (the rows stay unfinished) and the boundary's one line says all, so that noise is dropped (a rare
             # flake of test_faults_process's full-disk trial, seen with LTA_FAULT_SEED=2892052567)
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        return 1
+        raise RunFailure(f"{type(err).__name__}: {err}") from err
     return 1 if _failed_too_many(summaries, cfg) else 0
 
 

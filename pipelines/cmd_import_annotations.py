@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipelines.common import run_command
+from pipelines.common import UsageError, run_command
 from pipelines.config import opt
 
 log = logging.getLogger(__name__)
@@ -63,13 +62,11 @@ def _run(cfg: ImportAnnotationsConfig) -> int:
     from features.annotations import AnnotationError
 
     if cfg.format not in IMPORTERS:
-        print(f"lta import-annotations: unknown format {cfg.format!r}; available: {sorted(IMPORTERS)}", file=sys.stderr)
-        return 2
+        raise UsageError(f"unknown format {cfg.format!r}; available: {sorted(IMPORTERS)}")
     try:
         result = IMPORTERS[cfg.format](cfg)
     except (AnnotationError, OSError, ValueError) as err:
-        print(f"lta import-annotations: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from err
     print(json.dumps(result, indent=1))
     return 0
 

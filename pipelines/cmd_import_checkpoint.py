@@ -13,13 +13,12 @@ write the same key set for imported and trained heads.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from features.files import file_sha256
-from pipelines.common import run_command
+from pipelines.common import UsageError, run_command
 from pipelines.config import opt
 
 log = logging.getLogger(__name__)
@@ -101,8 +100,7 @@ def _run(cfg: ImportCheckpointConfig) -> int:
     from train_heads.run import save_run
 
     if not cfg.ckpt:
-        print("lta import-checkpoint: ckpt=PATH is required", file=sys.stderr)
-        return 2
+        raise UsageError("ckpt=PATH is required")
     from pipelines.checks import check_file
 
     ckpt_path = check_file("ckpt", cfg.ckpt, "released LTA checkpoint")  # one line, exit 2, before loading anything
@@ -112,14 +110,12 @@ def _run(cfg: ImportCheckpointConfig) -> int:
         try:
             check_taxonomy(cfg.data, info.model_cfg)
         except ValueError as err:  # AnnotationError included
-            print(f"lta import-checkpoint: {err}", file=sys.stderr)
-            return 2
+            raise UsageError(str(err)) from err
     try:
         cache_key = _find_cache_key(cfg, info.modality, info.feature_dim, ckpt_path)
         check_pairing(Path(cfg.store), cache_key, ckpt_path, allow_foreign=cfg.allow_foreign_features)
     except (LookupError, ValueError) as err:
-        print(f"lta import-checkpoint: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from err
     full_cfg = {
         "head": info.model_cfg,
         "imported_from": {"ckpt": str(ckpt_path.resolve()), "config": describe(ckpt)},

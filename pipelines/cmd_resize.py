@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,16 +40,13 @@ def resize_shard(args: tuple[str, list[str], dict, int]) -> list[dict]:
 
 
 def _run(cfg: ResizeConfig) -> int:
-    from features.interrupt import Interrupted, grace_sec, stop_on_signals
+    from features.interrupt import grace_sec, stop_on_signals
 
-    # SIGTERM / SIGINT: running ffmpeg encodes are abandoned (temp files removed), clips done so far stay, exit 75
+    # SIGTERM / SIGINT: running ffmpeg encodes are abandoned (temp files removed), clips done so far stay, and
+    # `Interrupted` (raised here, or by the launcher when its jobs stopped) reaches the boundary: exit 75
     grace = grace_sec() + (15.0 if cfg.launcher in ("local", "slurm") else 0.0)
     with stop_on_signals("resize", grace=grace, message="abandoning the clips being encoded") as stop:
-        try:
-            return _resize(cfg, stop)
-        except Interrupted as err:  # from the launcher: jobs stopped
-            print(f"lta resize: {err}", file=sys.stderr)
-            return err.exit_code
+        return _resize(cfg, stop)
 
 
 def _resize(cfg: ResizeConfig, stop) -> int:
@@ -88,9 +84,7 @@ def _resize(cfg: ResizeConfig, stop) -> int:
     for r in failed[:10]:
         log.error("resize failed: %s: %s", r["clip_uid"], r["reason"])
     if count["interrupted"]:
-        err = stop.interrupted(f"{count['done'] + count['skipped']} of {len(results)} clips done")
-        print(f"lta resize: {err}", file=sys.stderr)
-        return err.exit_code
+        raise stop.interrupted(f"{count['done'] + count['skipped']} of {len(results)} clips done")
     return 1 if len(failed) > cfg.max_failed_frac * max(len(results), 1) else 0
 
 

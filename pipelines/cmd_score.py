@@ -7,7 +7,6 @@ split that has Z future segments (accepted, not scored).
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +15,7 @@ from features.annotations import AnnotationError, load_split
 from features.metric import lta_metrics
 from features.submission import PredictionError, read_predictions, validate_predictions
 from features.windows import CONVENTIONS, build_windows
-from pipelines.common import UsageError, run_command
+from pipelines.common import RunFailure, UsageError, run_command
 from pipelines.config import opt
 
 
@@ -89,8 +88,7 @@ def _run(cfg: ScoreConfig) -> int:
     except UsageError:
         raise  # exit 2
     except (PredictionError, AnnotationError, ValueError) as err:
-        print(f"lta score: {err}", file=sys.stderr)
-        return 1
+        raise RunFailure(str(err)) from err
     z = cfg.num_future
     print(f"{cfg.split}: {result['num_keys_scored']} keys | ED@{z} verb {result['verb_ed']:.4f} "
           f"noun {result['noun_ed']:.4f} action {result['action_ed']:.4f} | AUED verb {result['verb_aued']:.4f} "

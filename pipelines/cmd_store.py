@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
@@ -117,8 +116,7 @@ def _export(cfg: ExportConfig) -> int:
     from features.store import FeatureStore, merge_stores
 
     if not cfg.src or not cfg.dst:
-        print("lta store export: src= and dst= are required", file=sys.stderr)
-        return 2
+        raise UsageError("export: src= and dst= are required")
     if not Path(cfg.src).exists():
         raise UsageError(f"src={cfg.src}: no such store (a <key>.zarr folder or <key>.h5 file; `lta store ls` lists them)")
     with FeatureStore.open(cfg.src) as src:
@@ -137,8 +135,7 @@ def _merge(cfg: MergeConfig) -> int:
     dst = Path(cfg.dst)
     shards = sorted((dst.parent / f"{dst.stem}.shards").glob("*.h5"))
     if not shards:
-        print(f"lta store merge: no shard files in {dst.parent / (dst.stem + '.shards')}", file=sys.stderr)
-        return 2
+        raise UsageError(f"merge: no shard files in {dst.parent / (dst.stem + '.shards')}")
     with merge_stores(shards, dst) as out:
         print(f"merged {len(shards)} shards -> {out.path}: {int(out.filled().sum())}/{out.num_rows} rows filled")
     return 0
@@ -167,11 +164,11 @@ SUBCOMMANDS: dict[str, tuple[type, Callable, str]] = {
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"lta store: unknown subcommand {argv[0]!r}; available: {sorted(SUBCOMMANDS)}", file=sys.stderr)
         print("usage: lta store <subcommand> [key=value ...]\n\nsubcommands:")
         for name, (_, _, summary) in SUBCOMMANDS.items():
             print(f"  {name:<14} {summary}")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        if argv and argv[0] not in ("-h", "--help"):
+            raise UsageError(f"unknown subcommand {argv[0]!r}; available: {sorted(SUBCOMMANDS)}")
+        return 0
     schema, body, summary = SUBCOMMANDS[argv[0]]
     return run_command(f"store {argv[0]}", schema, argv[1:], body, summary)

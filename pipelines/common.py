@@ -1,8 +1,9 @@
 """Shared wiring for command entry points: help handling, config errors and the CLI error boundary.
 
-Raise `UsageError` (exit 2) or `RunFailure` (exit 1) from `features.errors` for an expected failure;
-`error_boundary` (used by `lta`, the console entry point) turns it, and any other exception, into one
-line on stderr. `LTA_DEBUG=1` or `--debug` shows the traceback instead.
+Raise `UsageError` (exit 2) or `RunFailure` (exit 1) from `features.errors` for an expected failure, and
+let `features.interrupt.Interrupted` (exit 75) propagate; `error_boundary` (used by `lta`, the console entry
+point) turns it, and any other exception, into one line on stderr. A command prints no error line of its
+own (tests/test_cli_boundary.py checks). `LTA_DEBUG=1` or `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 from typing import Callable, Sequence, TypeVar
 
 from features.errors import LtaError, RunFailure, UsageError  # noqa: F401 - re-exported for the commands
-from pipelines.config import ConfigError, help_text, parse_config
+from pipelines.config import help_text, parse_config
 
 DEBUG_ENV = "LTA_DEBUG"
 
@@ -63,16 +64,13 @@ def run_command(
 ) -> int:
     """Parse `argv` into `schema` (printing `--help` when asked) and run `body(cfg)`.
 
-    Config errors print one line and return 2; errors raised by `body` propagate so that
-    tests see them and the console shows the traceback.
+    A config error is a `ConfigError` (a `UsageError`, exit 2) and propagates like every error of `body`:
+    the boundary (`error_boundary`, the `lta` entry point) prints it as one line; a test calling
+    `main(argv)` directly sees the exception.
     """
     argv = list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(schema, name, summary))
         return 0
-    try:
-        cfg = parse_config(schema, argv, name)
-    except ConfigError as err:
-        print(f"lta {name}: {err}", file=sys.stderr)
-        return 2
+    cfg = parse_config(schema, argv, name)
     return int(body(cfg) or 0)

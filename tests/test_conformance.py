@@ -209,13 +209,14 @@ def test_lta_end_to_end_backbone_features_to_logits(lta):
 
 def test_import_checkpoint_command_writes_a_run_that_reproduces_the_reference(lta, fixtures, tmp_path):
     """`lta import-checkpoint` -> run dir -> load_run (what evaluate/predict use) -> reference logits."""
+    from pipelines import cli
     from pipelines.cmd_import_checkpoint import main
     from train_heads.run import load_run
 
     ckpt, _, info, io = lta
     out = tmp_path / "run"
     argv = [f"ckpt={fixtures / 'lta_tiny_trf.ckpt'}", f"out={out}", f"store={tmp_path / 'none'}"]
-    assert main(argv) == 2  # no features extracted yet: refused with a hint
+    assert cli.main(["import-checkpoint", *argv]) == 2  # no features extracted yet: refused with a hint
     assert main(argv + ["cache_key=slowfast_r101_8x8.ego4d-0123456789"]) == 0
     run = load_run(out)
     assert run.cache_keys == {info.modality: "slowfast_r101_8x8.ego4d-0123456789"}

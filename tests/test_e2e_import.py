@@ -123,16 +123,16 @@ def test_imported_head_reproduces_the_reference_logits(e2e, own_store):
 
 
 def test_store_of_another_backbone_is_refused_in_one_line(e2e, tmp_path, capsys):
-    from pipelines import cmd_import_checkpoint
+    from pipelines import cli, cmd_import_checkpoint
 
     store = tmp_path / "foreign"
     _extract(e2e, e2e["other"], store)
     capsys.readouterr()
     out = tmp_path / "run"
     argv = [f"ckpt={e2e['lta']}", f"out={out}", f"store={store}"]
-    assert cmd_import_checkpoint.main(argv) == 2
+    assert cli.main(["import-checkpoint", *argv]) == 2  # through the boundary, which prints the one line
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
+    assert len(err) == 1 and err[0].startswith("lta import-checkpoint: "), err
     assert e2e["lta"].name in err[0] and e2e["other"].name in err[0] and "allow_foreign_features" in err[0], err[0]
     assert not (out / "checkpoints").exists()
     assert cmd_import_checkpoint.main(argv + ["allow_foreign_features=true"]) == 0

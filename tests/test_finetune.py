@@ -232,7 +232,10 @@ def test_cli_local_and_slurm_debug(sample, tmp_path, capsys):
     from pipelines.cmd_finetune import main
 
     assert main(["--help"]) == 0 and "width_per_group" in capsys.readouterr().out
-    assert main(["bogus_key=1"]) == 2
+    from pipelines import cli
+
+    assert cli.main(["finetune-backbone", "bogus_key=1"]) == 2  # a config error: the boundary's one line, exit 2
+    assert "lta finetune-backbone: unknown key 'bogus_key'" in capsys.readouterr().err
     common = [f"data={sample}", "backbone=slowfast_r50_8x8", "init=random", "resized=false", "width_per_group=8",
               "crop_size=32", "num_frames=8", "batch_size=8", "epochs=1", "max_steps=1", "num_workers=0", "val_split="]
     assert main(common + [f"out={tmp_path / 'local'}"]) == 0

@@ -15,7 +15,7 @@ import torch
 from features.annotations import load_split
 from features.ego4d_features import ImportParams, import_ego4d_features, segment_windows
 from features.store import FeatureStore, load_features
-from pipelines import cmd_store
+from pipelines import cli, cmd_store
 
 FPS, DIM = 30.0, 4
 NUM_WINDOWS = 40  # vidA covers frames [0, 39 * 16 + 32) = [0, 656)
@@ -132,8 +132,11 @@ def test_cli_import_then_ls_verify_export(tmp_path, capsys):
     zs = FeatureStore.open(path)
     assert np.array_equal(h5.filled(), zs.filled())
     assert np.array_equal(h5.read(np.flatnonzero(zs.filled())), zs.read(np.flatnonzero(zs.filled())))
-    assert cmd_store.main(["frobnicate"]) == 2
-    assert cmd_store.main(["ls", "nope=1"]) == 2
+    capsys.readouterr()
+    assert cli.main(["store", "frobnicate"]) == 2  # usage errors, printed by the boundary
+    assert "lta store: unknown subcommand 'frobnicate'" in capsys.readouterr().err
+    assert cli.main(["store", "ls", "nope=1"]) == 2
+    assert "unknown key 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

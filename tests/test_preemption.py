@@ -257,14 +257,14 @@ def test_claim_layout(tmp_path):
 
 
 def test_mixed_num_shards_on_an_unfinished_store_is_refused(sample, reference, tmp_path, capsys, one_torch_thread):
-    from pipelines import cmd_extract
+    from pipelines import cli, cmd_extract
 
     root = tmp_path / "store"
     args = [f"data={sample}", f"store={root}", *EXTRACT_ARGS]
     assert cmd_extract.main([*args, "shard=0/2"]) == 0
     before = filled_rows(root)
     capsys.readouterr()
-    assert cmd_extract.main([*args, "shard=1/3"]) == 1
+    assert cli.main(["extract", *args, "shard=1/3"]) == 1  # the boundary prints the refusal
     err = [x for x in capsys.readouterr().err.splitlines() if "ShardLayoutError" in x]
     assert len(err) == 1 and err[0].startswith("lta extract: ShardLayoutError: store ")
     assert "num_shards=2" in err[0] and "num_shards=3" in err[0]

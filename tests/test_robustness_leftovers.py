@@ -18,7 +18,7 @@ from extract import shard_lock
 from extract.shard_lock import ShardLock, ShardLockedError, lock_path
 from features.annotations import AnnotationError
 from features.store import open_root
-from pipelines import cmd_extract
+from pipelines import cli, cmd_extract
 from ed_helpers import levenshtein
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_full_disk_during_extract_is_one_line_and_exit_1(sample, tmp_path, monke
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(ZarrBackend, "write_data", write_data)
-    rc = cmd_extract.main([f"data={sample}", f"store={tmp_path}", *EXTRACT_ARGS])
+    rc = cli.main(["extract", f"data={sample}", f"store={tmp_path}", *EXTRACT_ARGS])  # the boundary prints the line
     err = capsys.readouterr().err
     assert rc == 1
     (line,) = [x for x in err.splitlines() if "StoreWriteError" in x]
@@ -198,13 +198,13 @@ def test_imported_run_without_data_needs_data_and_says_so(lta_store, tmp_path, c
 
 
 def test_imported_run_with_data_evaluates_and_predicts(lta_store, tmp_path, capsys):
-    from pipelines import cmd_evaluate, cmd_import_checkpoint, cmd_predict
+    from pipelines import cli, cmd_evaluate, cmd_import_checkpoint, cmd_predict
 
     root, key = lta_store
     run = tmp_path / "run"
     argv = [f"ckpt={FIXTURES / 'lta_tiny_trf.ckpt'}", f"out={run}", f"store={root / 'store'}", f"data={root / 'data'}"]
     capsys.readouterr()
-    assert cmd_import_checkpoint.main(argv) == 2  # synthetic features are not the checkpoint's backbone's
+    assert cli.main(["import-checkpoint", *argv]) == 2  # synthetic features are not the checkpoint's backbone's
     assert "allow_foreign_features=true" in capsys.readouterr().err
     assert cmd_import_checkpoint.main(argv + ["allow_foreign_features=true"]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(root / "data")
@@ -236,7 +236,7 @@ def test_imported_run_with_data_evaluates_and_predicts(lta_store, tmp_path, caps
     (other / "annotations").mkdir(parents=True)
     (other / "annotations" / "fho_lta_taxonomy.json").write_text(json.dumps({"verbs": ["a", "b"], "nouns": ["x"]}))
     capsys.readouterr()
-    assert cmd_import_checkpoint.main([*argv[:1], f"out={tmp_path / 'bad'}", argv[2], f"data={other}"]) == 2
+    assert cli.main(["import-checkpoint", *argv[:1], f"out={tmp_path / 'bad'}", argv[2], f"data={other}"]) == 2
     assert "2 verbs and 1 nouns, but the checkpoint's head predicts 7 verbs and 11 nouns" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 

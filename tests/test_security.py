@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from features.checkpoint_io import UnsafeCheckpointError
-from pipelines import cmd_extract, cmd_import_checkpoint
+from pipelines import cli, cmd_extract, cmd_import_checkpoint
 from pipelines.config import ConfigError, load_yaml
 from test_faults_video import record_fault
 
@@ -121,7 +121,7 @@ def test_yaml_config_is_loaded_safely(tmp_path, attack, capsys):
     cfg.write_text(YAML_ATTACKS[attack].format(marker=marker))
     with pytest.raises(ConfigError, match=r"evil\.yaml: "):
         load_yaml(cfg)
-    rc = cmd_extract.main([f"config={cfg}", f"data={tmp_path}", f"store={tmp_path / 'store'}"])
+    rc = cli.main(["extract", f"config={cfg}", f"data={tmp_path}", f"store={tmp_path / 'store'}"])  # the boundary
     err = capsys.readouterr().err
     assert rc == 2 and "evil.yaml" in err and ("python" in err or "alias" in err), err
     assert not marker.exists() and not (tmp_path / "store").exists()
