@@ -16,6 +16,10 @@ STORE ?= cache/features
 RUN ?= runs/slowfast_transformer
 CONFIG ?= pipelines/configs/slowfast_transformer.yaml
 ARGS ?=
+# the suite runs in TEST_WORKERS pytest-xdist processes (one per core, at most 8), whole files per worker (module
+# fixtures built once), torch on one thread in each; the 15 slowest tests are printed at the end
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 8 ? n : 8 )))
+PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test test-fast resize extract train-heads evaluate predict sweep report bench bench-gpu slurm-up slurm-down clean
@@ -35,11 +39,11 @@ setup: $(STAMP) ## create .venv and install everything (no-op when done)
 demo: $(STAMP) ## run the whole pipeline on a bundled synthetic sample on the CPU
 	$(BIN)/lta demo out=demo_out $(ARGS)
 
-test: $(STAMP) ## run the test suite (CPU, no downloads)
-	$(BIN)/python -m pytest -q $(ARGS)
+test: $(STAMP) ## run the test suite (CPU, no downloads; TEST_WORKERS processes)
+	$(PYTEST) $(ARGS)
 
-test-fast: $(STAMP) ## run the tests not marked slow
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+test-fast: $(STAMP) ## the edit-run loop: the tests not marked slow
+	$(PYTEST) -m "not slow" $(ARGS)
 
 resize: $(STAMP) ## resize clips_hq -> clips (short side 320), DATA=...
 	$(BIN)/lta resize data=$(DATA) $(ARGS)
