@@ -5,9 +5,6 @@ optional `exit_code=`; the boundary, which `lta` (`pipelines.cli.main`) runs eve
 one line `lta <command>: <message>` on stderr and returns the status. So a command module writes nothing
 to stderr itself, puts no `lta <command>:` prefix into an error's message (the boundary adds it), and
 does not catch `Interrupted` to return 75 on its own.
-
-pipelines/cmd_finetune.py is not converted yet (another branch of issue 24 does it): it is exempt from the
-source scan below until then; remove it from NOT_YET_CONVERTED when it is.
 """
 from __future__ import annotations
 
@@ -20,7 +17,6 @@ import pytest
 from pipelines import cli
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
-NOT_YET_CONVERTED = {"cmd_finetune.py"}  # converted on its own branch; then this set is empty
 OWN_PREFIX = re.compile(r"lta [a-z][a-z-]*( [a-z][a-z-]*)?: ")  # `lta extract: `, `lta store merge: `
 
 
@@ -112,7 +108,7 @@ def d():
 def test_no_command_module_reports_its_own_errors():
     modules = sorted(PIPELINES.glob("cmd_*.py"))
     assert {"cmd_extract.py", "cmd_resize.py", "cmd_store.py", "cmd_score.py"} <= {p.name for p in modules}
-    found = [f for p in modules if p.name not in NOT_YET_CONVERTED
+    found = [f for p in modules
              for f in own_error_handling(p.read_text(), str(p.relative_to(PIPELINES.parent)))]
     assert not found, "\n".join(found)
 
