@@ -254,15 +254,14 @@ def check_resume_config(run_dir: Path, full_cfg: Any, *, before_loading: bool = 
         modalities = range(max(len(saved.get("head", {}).get("modalities", [])), len(new["head"]["modalities"])))
         ignore += (*(f"head.modalities.{i}.{k}" for i in modalities for k in ("in_dim", "frames")),
                    "head.num_verbs", "head.num_nouns")
-    added = keys_added_since(saved, new, full_cfg)
-    if added:  # a run trained before these keys existed trained as their defaults do
-        log.info("resume: %s not in %s (added to the schema since the run was trained); their defaults are what it "
-                 "trained with", ", ".join(added), path)
-        ignore += tuple(added)
-    diff = config_differences(saved, new, ignore)
+    added = keys_added_since(saved, new, full_cfg)  # a run trained before these keys existed trained as their defaults do
+    diff = config_differences(saved, new, ignore + tuple(added))
     if diff:
         raise RunDirError(f"resume=true: this config differs from {path} in {len(diff)} key(s): {'; '.join(diff)}. "
                           f"Resume with the run's config, or train into another out=DIR (or overwrite=true)")
+    if added and not before_loading:
+        log.info("resume: %s not in %s (added to the schema since the run was trained); their defaults are what it "
+                 "trained with", ", ".join(added), path)
 
 
 def finished_run_note(run_dir: Path, epochs: int) -> str | None:
