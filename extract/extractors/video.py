@@ -98,6 +98,24 @@ def _build_from_own_checkpoint(name: str, weights: str, *, arch: str, label: str
     return path, ckpt, model, info
 
 
+def _checkpoint_spec(name: str, arch: str, path: Path, ckpt: Any, info: Any, *, crop: int, tapped_layer: str,
+                     frames: int, rate: int) -> ExtractorSpec:
+    """The spec of a backbone built from a released checkpoint's own config (`*_ckpt.ego4d`): frames, sampling
+    rate, mean/std and fps from its DATA section (`frames` / `rate`: the defaults when it names none)."""
+    from features.checkpoint_io import cfg_get
+
+    frames, rate = int(cfg_get(ckpt.cfg, "DATA.NUM_FRAMES", frames)), int(cfg_get(ckpt.cfg, "DATA.SAMPLING_RATE", rate))
+    return ExtractorSpec(
+        name=name, arch=arch, num_frames=frames, window_frames=frames, sampling_rate=rate,
+        short_side=scaled_short_side(crop), crop_size=crop, interpolation="bilinear",
+        mean=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.MEAN", VIDEO_MEAN)),
+        std=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.STD", VIDEO_STD)), view_shape=(info.feature_dim,),
+        tapped_layer=tapped_layer, weights=str(path.resolve()), weights_sha256=file_sha256(path),
+        target_fps=float(cfg_get(ckpt.cfg, "DATA.TARGET_FPS", 30)),
+        arch_kwargs=tuple(sorted((k, json.dumps(v)) for k, v in info.builder_kwargs.items())),
+    )
+
+
 class CheckpointSlowFastExtractor(SlowFastExtractor):
     """The SlowFast trunk a released Ego4D Lightning checkpoint describes in its own config (any depth and width),
     with that checkpoint's weights: `slowfast_ckpt.ego4d` + `weights=PATH/lta_slowfast_trf.ckpt` (or a
@@ -109,8 +127,6 @@ class CheckpointSlowFastExtractor(SlowFastExtractor):
 
     @classmethod
     def build(cls, entry: ExtractorEntry, *, weights: str, device: str, crop_size: int | None) -> "CheckpointSlowFastExtractor":
-        from features.checkpoint_io import cfg_get
-
         name = entry.name
         path, ckpt, model, info = _build_from_own_checkpoint(name, weights, arch="slowfast", label="a SlowFast",
                                                              example="lta_slowfast_trf.ckpt")
@@ -120,17 +136,8 @@ class CheckpointSlowFastExtractor(SlowFastExtractor):
                              "(its DATA.TRAIN_CROP_SIZE); leave the crop override unset")
         if kw["alpha"] != cls.ALPHA:
             raise ValueError(f"{name}: {path.name} has SLOWFAST.ALPHA={kw['alpha']}, the extractor packs alpha={cls.ALPHA}")
-        frames, rate = int(cfg_get(ckpt.cfg, "DATA.NUM_FRAMES", 32)), int(cfg_get(ckpt.cfg, "DATA.SAMPLING_RATE", 2))
-        crop = int(kw["crop_size"])
-        spec = ExtractorSpec(
-            name=name, arch=f"slowfast_r{kw['depth']}", num_frames=frames, window_frames=frames, sampling_rate=rate,
-            short_side=scaled_short_side(crop), crop_size=crop, interpolation="bilinear",
-            mean=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.MEAN", VIDEO_MEAN)),
-            std=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.STD", VIDEO_STD)), view_shape=(info.feature_dim,),
-            tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=file_sha256(path),
-            target_fps=float(cfg_get(ckpt.cfg, "DATA.TARGET_FPS", 30)),
-            arch_kwargs=tuple(sorted((k, json.dumps(v)) for k, v in kw.items())),
-        )
+        spec = _checkpoint_spec(name, f"slowfast_r{kw['depth']}", path, ckpt, info, crop=int(kw["crop_size"]),
+                                tapped_layer=cls.TAPPED_LAYER, frames=32, rate=2)
         return cls(spec, model, device)
 
 
@@ -175,8 +182,6 @@ class CheckpointMViTExtractor(MViTExtractor):
 
     @classmethod
     def build(cls, entry: ExtractorEntry, *, weights: str, device: str, crop_size: int | None) -> "CheckpointMViTExtractor":
-        from features.checkpoint_io import cfg_get
-
         name = entry.name
         path, ckpt, model, info = _build_from_own_checkpoint(name, weights, arch="mvit", label="an MViT",
                                                              example="ego4d_mvit16x4.ckpt")
@@ -185,16 +190,8 @@ class CheckpointMViTExtractor(MViTExtractor):
         if crop_size is not None and crop_size != crop:
             raise ValueError(f"{name}: crop_size={crop_size}, but {path.name} was built for crop {crop} "
                              "(its DATA.TRAIN_CROP_SIZE); leave the crop override unset")
-        frames, rate = int(cfg_get(ckpt.cfg, "DATA.NUM_FRAMES", 16)), int(cfg_get(ckpt.cfg, "DATA.SAMPLING_RATE", 4))
-        spec = ExtractorSpec(
-            name=name, arch="mvit", num_frames=frames, window_frames=frames, sampling_rate=rate,
-            short_side=scaled_short_side(crop), crop_size=crop, interpolation="bilinear",
-            mean=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.MEAN", VIDEO_MEAN)),
-            std=tuple(float(v) for v in cfg_get(ckpt.cfg, "DATA.STD", VIDEO_STD)), view_shape=(info.feature_dim,),
-            tapped_layer=cls.TAPPED_LAYER, weights=str(path.resolve()), weights_sha256=file_sha256(path),
-            target_fps=float(cfg_get(ckpt.cfg, "DATA.TARGET_FPS", 30)),
-            arch_kwargs=tuple(sorted((k, json.dumps(v)) for k, v in kw.items())),
-        )
+        spec = _checkpoint_spec(name, "mvit", path, ckpt, info, crop=crop, tapped_layer=cls.TAPPED_LAYER,
+                                frames=16, rate=4)
         return cls(spec, model, device)
 
 
