@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 from pipelines.checks import LAUNCHERS, check_dir, did_you_mean
-from pipelines.common import UsageError, run_command
+from pipelines.common import RunFailure, UsageError, run_command
 from pipelines.config import opt
 from pipelines.slurm_options import slurm_options
 
@@ -85,7 +85,10 @@ def _resize(cfg: ResizeConfig, stop) -> int:
         log.error("resize failed: %s: %s", r["clip_uid"], r["reason"])
     if count["interrupted"]:
         raise stop.interrupted(f"{count['done'] + count['skipped']} of {len(results)} clips done")
-    return 1 if len(failed) > cfg.max_failed_frac * max(len(results), 1) else 0
+    if len(failed) > cfg.max_failed_frac * max(len(results), 1):
+        raise RunFailure(f"{len(failed)} of {len(results)} clips failed to resize, more than "
+                         f"max_failed_frac={cfg.max_failed_frac}; reasons in {failures_path}")
+    return 0
 
 
 def main(argv: Sequence[str]) -> int:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
-from pipelines.common import UsageError, run_command
+from pipelines.common import RunFailure, UsageError, run_command
 from pipelines.config import opt
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,9 @@ def _verify(cfg: VerifyConfig) -> int:
             print(f"     {msg}")
         if report["bad_rows"]:
             print(f"     bad rows (first 10): {report['bad_rows'][:10]}")
-    return 1 if failed else 0
+    if failed:
+        raise RunFailure(f"{failed} of {len(paths)} stores failed verification (see the FAIL lines above)")
+    return 0
 
 
 def _export(cfg: ExportConfig) -> int:
@@ -149,7 +151,10 @@ def _import_ego4d(cfg: ImportEgo4dConfig) -> int:
     summary = import_ego4d_features(cfg.data, cfg.features_dir, cfg.store, params=params, splits=list(cfg.splits),
                                     dtype=cfg.dtype)
     print(summary.text())
-    return 1 if summary.failed_frac > cfg.max_failed_frac else 0
+    if summary.failed_frac > cfg.max_failed_frac:
+        raise RunFailure(f"{summary.failed_frac:.1%} of the segments failed to import, more than "
+                         f"max_failed_frac={cfg.max_failed_frac} (see the summary above)")
+    return 0
 
 
 SUBCOMMANDS: dict[str, tuple[type, Callable, str]] = {

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from pipelines.common import UsageError, run_command
+from pipelines.common import RunFailure, UsageError, run_command
 from pipelines.config import opt
 from pipelines.slurm_options import SlurmOptions
 
@@ -192,7 +192,11 @@ def _run(cfg: SweepConfig) -> int:
     (Path(cfg.out) / "results.md").write_text(table + "\n")
     (Path(cfg.out) / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(table)
-    return 1 if any("error" in r for r in rows) else 0
+    failed = [r["name"] for r in rows if "error" in r]
+    if failed:
+        raise RunFailure(f"{len(failed)} of {len(rows)} sweep jobs failed ({', '.join(failed[:5])}"
+                         f"{', ...' if len(failed) > 5 else ''}); their errors are in {Path(cfg.out) / 'results.md'}")
+    return 0
 
 
 def _safe(argv: list[str]) -> tuple[dict | None, str]:

@@ -62,3 +62,31 @@ def test_readme_links_into_folders_it_creates_first():
                 assert parent == PurePosixPath(".") or parent in made or (REPO / parent).is_dir(), (
                     f"README: `{line.strip()}` links into {parent}/, which no earlier `mkdir -p` creates")
     assert checked, "no `ln -s` found in the README"
+
+
+def test_a_wheel_carries_every_bundled_data_file():
+    """Every file beside the code under a package folder (the bundled YAML configs, configs/demo/ too) is listed
+    by pyproject's [tool.setuptools] packages + package-data, so a non-editable install has it."""
+    import fnmatch
+    import subprocess
+    import tomllib
+
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages, data = tool["packages"], tool.get("package-data", {})
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True).stdout.split()
+    if not tracked:  # not a git checkout: the files on disk
+        tracked = [str(p.relative_to(REPO)) for p in REPO.rglob("*") if p.is_file()]
+
+    def globbed(rel: PurePosixPath, pattern: str) -> bool:  # setuptools' glob: `*` stays inside one folder
+        parts = PurePosixPath(pattern).parts
+        return len(parts) == len(rel.parts) and all(fnmatch.fnmatch(a, b) for a, b in zip(rel.parts, parts))
+
+    missing = []
+    for rel in tracked:
+        path = PurePosixPath(rel)
+        if path.suffix == ".py" or path.parts[0] not in {p.split(".")[0] for p in packages}:
+            continue
+        owners = [p for p in packages if path.parent.parts[:len(p.split("."))] == tuple(p.split("."))]
+        if not any(globbed(path.relative_to(*p.split(".")), pat) for p in owners for pat in data.get(p, [])):
+            missing.append(rel)
+    assert not missing, f"not in the wheel (add the folder to packages and a pattern to package-data): {missing}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from features.errors import RunFailure
 from extract import decode
 from features.store import FeatureStore, open_root
 from pipelines import cmd_extract
@@ -83,8 +84,9 @@ def test_extract_values_views_and_failures(tmp_path):
     assert "file not found" in reasons["missing"] and "corrupt" in reasons and "starts after" in reasons["short"]
     summary = json.loads((store_root / "extract_summary.json").read_text())[0]
     assert summary["rows_done"] == 20 and summary["rows_failed"] == 12 and summary["decoded_per_used"] >= 1.0
-    # a rerun skips every filled row; past the failure threshold the exit code is 1
-    assert cmd_extract.main([f"data={data}", f"store={store_root}", *BASE]) == 1
+    # a rerun skips every filled row; past the failure threshold it is a RunFailure (the boundary: one line, exit 1)
+    with pytest.raises(RunFailure, match=r"^12 of 32 rows failed .*max_failed_frac=.*failures.jsonl"):
+        cmd_extract.main([f"data={data}", f"store={store_root}", *BASE])
     summary = json.loads((store_root / "extract_summary.json").read_text())[0]
     assert summary["rows_skipped"] == 20 and summary["rows_done"] == 0
 

@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 import torch
 
+from features.errors import RunFailure
 from extract import decode, resize
 from features.store import FeatureStore, open_root
 from pipelines import cmd_extract, cmd_resize
@@ -198,8 +199,9 @@ def test_resize_campaign(tmp_path):
     make_raw_clips(clean / "clips_hq", faults=False)
     make_raw_clips(faulty / "clips_hq", faults=True)
     assert cmd_resize.main([f"data={clean}", *RESIZE_ARGS]) == 0
-    # failures past max_failed_frac make the exit code 1, but every clip was still attempted
-    assert cmd_resize.main([f"data={faulty}", *RESIZE_ARGS]) == 1
+    # failures past max_failed_frac are a RunFailure (exit 1 at the boundary), but every clip was still attempted
+    with pytest.raises(RunFailure, match=r"clips failed to resize, more than max_failed_frac=.*failures.jsonl"):
+        cmd_resize.main([f"data={faulty}", *RESIZE_ARGS])
     failures = {f["clip_uid"]: f for f in read_failures(faulty / "clips" / "failures.jsonl")}
     ok = {}
     for uid, (policy, pattern) in RESIZE_FAULTS.items():

@@ -28,6 +28,14 @@ def tiny(tmp_path_factory, one_torch_thread):
     return {"root": root, "data": root / "data", "store": root / "store", "run": root / "run"}
 
 
+def fresh_code_version() -> str:
+    """`code_version()` as a subprocess started now sees it (not this process's cached value: the checkout may
+    have turned dirty since, e.g. when a developer edits files while the suite runs)."""
+    from features.version import code_version
+
+    return code_version.__wrapped__()
+
+
 def copy_project(tiny, dest: Path, *, data: bool = True, store: bool = True) -> Path:
     """`dest` holding a copy of the run dir (and of the data and store beside it, as the demo lays them out)."""
     shutil.copytree(tiny["run"], dest / "run")
@@ -139,7 +147,6 @@ def test_merge_keeps_only_results_of_the_same_checkpoint_and_settings():
 def test_predict_and_report_default_into_the_run_dir_and_never_overwrite(tiny, tmp_path):
     import hashlib
 
-    from features.version import code_version
 
     run = copy_project(tiny, tmp_path / "copy")
     res = lta("predict", f"run={run}", "split=test", "device=cpu")
@@ -151,7 +158,7 @@ def test_predict_and_report_default_into_the_run_dir_and_never_overwrite(tiny, t
     prov = json.loads((run / "outputs.json.provenance.json").read_text())
     assert prov["run"] == str(run) and prov["split"] == "test" and prov["checkpoint"] == "best"
     assert prov["checkpoint_sha256"] == hashlib.sha256((run / "checkpoints" / "best.pt").read_bytes()).hexdigest()
-    assert prov["generator"] == "sample" and prov["code_version"] == code_version()
+    assert prov["generator"] == "sample" and prov["code_version"] == fresh_code_version()
     assert_one_line(lta("predict", f"run={run}", "split=test", "device=cpu"), 2,
                     f"out={out}: already exists", "overwrite=true")
     assert out.read_bytes() == written
@@ -254,10 +261,9 @@ def test_demo_explains_why_retrieval_wins_only_when_it_does():
 
 
 def test_version_help_score_and_checkpoint_hints(tiny, tmp_path):
-    from features.version import code_version
 
     res = lta("--version")
-    assert res.returncode == 0 and res.stdout.strip() == f"lta {code_version()}", res.stdout + res.stderr
+    assert res.returncode == 0 and res.stdout.strip() == f"lta {fresh_code_version()}", res.stdout + res.stderr
     res = lta("--help")
     assert res.returncode == 0 and "merge" in next(ln for ln in res.stdout.splitlines() if ln.strip().startswith("store"))
     predictions = tmp_path / "p.json"

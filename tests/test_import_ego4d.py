@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from features.errors import RunFailure
 from features.annotations import load_split
 from features.ego4d_features import ImportParams, import_ego4d_features, segment_windows
 from features.store import FeatureStore, load_features
@@ -121,7 +122,8 @@ def test_cli_import_then_ls_verify_export(tmp_path, capsys):
             "max_failed_frac=0.5"]
     assert cmd_store.main(argv) == 0
     assert "written 7" in capsys.readouterr().out
-    assert cmd_store.main(argv[:-1] + ["max_failed_frac=0.1"]) == 1  # 2 of 9 failed > 10%
+    with pytest.raises(RunFailure, match="more than max_failed_frac=0.1"):  # 2 of 9 failed > 10%
+        cmd_store.main(argv[:-1] + ["max_failed_frac=0.1"])
     assert cmd_store.main(["ls", f"root={root}"]) == 0
     out = capsys.readouterr().out
     assert "slowfast8x8_r101_k400" in out and "7/9" in out and "2x4" in out

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from features.errors import RunFailure
 from extract import decode, resize
 from pipelines import cmd_resize
 from test_decode import write_video
@@ -83,8 +84,9 @@ def test_cli_skip_done_redo_bad_and_record_failures(tmp_path, caplog):
     assert results["a"].status == "skipped" and results["b"].status == "done"
     assert (out / "a.mp4").stat().st_mtime_ns == mtime_a
     assert decode.probe_clip(out / "b.mp4").num_frames == 30
-    # past the failure threshold the command exits non-zero
-    assert cmd_resize.main(argv[:-1] + ["max_failed_frac=0.0"]) == 1
+    # past the failure threshold the command raises RunFailure (the boundary prints it and exits 1)
+    with pytest.raises(RunFailure, match="more than max_failed_frac=0.0"):
+        cmd_resize.main(argv[:-1] + ["max_failed_frac=0.0"])
 
 
 def test_ffmpeg_error_is_reported_with_stderr(tmp_path):
