@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 from extract.finetune.options import TrainOptions
-from pipelines.common import UsageError, run_command
+from pipelines.common import run_command
 from pipelines.config import opt, to_yaml
 from pipelines.slurm_options import slurm_options
 
@@ -111,25 +111,16 @@ def submit_slurm(cfg: FinetuneConfig, opts, cluster: str | None = None):
 
 
 def _check(cfg: FinetuneConfig) -> None:
-    """Launcher, cluster and the run dir (resume / overwrite) checked before anything is written."""
-    import shutil
-
+    """Launcher, cluster and the run dir (resume / overwrite, features.run_dir) checked before anything is written;
+    under DDP every rank checks and rank 0 removes a run that overwrite=true replaces."""
+    from extract.finetune.options import RUN_LAYOUT
+    from features.run_dir import prepare_run_dir
     from pipelines.checks import LAUNCHERS, check_choice
 
     check_choice("launcher", cfg.launcher, list(LAUNCHERS), "launcher")
     check_choice("submitit_cluster", cfg.submitit_cluster, ["slurm", "local", "debug"], "submitit cluster")
-    last = Path(cfg.out) / "checkpoints" / "last.pt"
-    if cfg.resume and cfg.overwrite:
-        raise UsageError("resume=true and overwrite=true contradict each other: pass one of them")
-    if last.is_file() and not cfg.resume:
-        if not cfg.overwrite:
-            raise UsageError(f"out={cfg.out} already holds a run ({last}); pass resume=true to continue it, "
-                             f"overwrite=true to replace it, or another out=DIR")
-        if int(os.environ.get("RANK", "0")) == 0:
-            log.warning("overwrite=true: removing the run in %s", cfg.out)
-            for name in ("checkpoints", "tensorboard", "metrics.jsonl", "backbone.pt", "backbone.json", "heads.pt"):
-                path = Path(cfg.out) / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    prepare_run_dir(cfg.out, RUN_LAYOUT, resume=cfg.resume, overwrite=cfg.overwrite,
+                    remove=int(os.environ.get("RANK", "0")) == 0)
 
 
 def _run(cfg: FinetuneConfig) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from features.files import atomic_write
+from features.run_dir import RunLayout
 
 CONFIG_FILE = "config.yaml"
 CACHE_KEYS_FILE = "cache_keys.json"
@@ -40,10 +41,29 @@ def checkpoint_path(run_dir: str | Path, name: str = "best") -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"{name}.pt"
 
 
+def describe_run(run_dir: Path) -> str:
+    """`finished run (30/30 epochs, ...)` or `unfinished run (...)` from metrics.json."""
+    m = read_metrics(run_dir)
+    epochs = len(m.get("history", []))
+    best = f", best {m['select_metric']} {m['best']:.4f} at epoch {m['best_epoch']}" if m.get("history") else ""
+    return f"{'finished' if m.get('finished') else 'unfinished'} run ({epochs} epochs done{best})"
+
+
+def _resume_hint(run_dir: Path) -> str:
+    return " with more train.epochs to train it longer" if read_metrics(run_dir).get("finished") else " to continue it"
+
+
+# the run-dir policy of train-heads (features.run_dir.prepare_run_dir): `checkpoints/last.pt` or `metrics.json`
+# mark a run; overwrite=true removes what train-heads writes (plus `lta evaluate` outputs of the model)
+RUN_LAYOUT = RunLayout(marks=(f"{CHECKPOINT_DIR}/last.pt", METRICS_FILE),
+                       outputs=(CHECKPOINT_DIR, "tensorboard", METRICS_FILE, "train.log", "metrics_*.json", "ed_curve_*.png"),
+                       describe=describe_run, resume_hint=_resume_hint)
+
+
 def holds_run(run_dir: str | Path) -> bool:
-    """True when `run_dir` holds (part of) a trained run: `checkpoints/last.pt` or `metrics.json`; train-heads
-    refuses to write into it without resume=true or overwrite=true."""
-    return checkpoint_path(run_dir, "last").is_file() or (Path(run_dir) / METRICS_FILE).is_file()
+    """True when `run_dir` holds (part of) a trained run; train-heads refuses to write into it without
+    resume=true or overwrite=true."""
+    return RUN_LAYOUT.holds_run(run_dir)
 
 
 def save_checkpoint(run_dir: str | Path, name: str, state: dict) -> Path:

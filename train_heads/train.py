@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,16 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from features import run_dir as run_dir_policy
 from features.devices import resolve_device
-from features.errors import UsageError
 from features.interrupt import Interrupted, StopFlag, current, stop_on_signals
 from features.optim import cosine_warmup_factor, weight_decay_groups
+from features.run_dir import RunDirError
 from train_heads.data import DeviceWindows, FeatureBank, SplitWindows, iterate_batches
 from train_heads.evaluate import Abandoned, autocast, forecast_split, score_sequences
 from train_heads.generators import create_generator
 from train_heads.model import ModelConfig, build_model
 from train_heads.pair_prior import fit_pair_prior
-from train_heads.run import (CONFIG_FILE, METRICS_FILE, checkpoint_path, holds_run, load_checkpoint, read_metrics,
+from train_heads.run import (CONFIG_FILE, RUN_LAYOUT, checkpoint_path, describe_run, load_checkpoint, read_metrics,
                              save_run, update_metrics)
 
 log = logging.getLogger(__name__)
@@ -147,15 +147,9 @@ def fit_input_norms(model: nn.Module, bank: FeatureBank, windows: SplitWindows, 
         log.info("input norm %s (%s) fitted on %d training rows", name, norm.mode, len(rows))
 
 
-class RunDirError(UsageError):
-    """The run dir does not fit the request: an existing run without resume/overwrite, or a changed config."""
-
-
 # keys that may differ between a run's config.yaml and a resume: paths, and knobs that do not change the result
 RESUME_IGNORED_KEYS = ("resume", "overwrite", "out", "data", "store", "train.device", "train.log_every",
                        "train.eval_batch_size")
-# what train-heads writes into a run dir (plus `lta evaluate` outputs of the model), removed by overwrite=true
-RUN_OUTPUTS = ("checkpoints", "tensorboard", METRICS_FILE, "train.log", "metrics_*.json", "ed_curve_*.png")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -182,33 +176,13 @@ def config_differences(saved: dict, new: dict, ignore: tuple[str, ...] = RESUME_
             for key in sorted(set(a) | set(b)) if not skip(key) and a.get(key, missing) != b.get(key, missing)]
 
 
-def describe_run(run_dir: Path) -> str:
-    """`finished run (30/30 epochs, ...)` or `unfinished run (...)` from metrics.json."""
-    m = read_metrics(run_dir)
-    epochs = len(m.get("history", []))
-    best = f", best {m['select_metric']} {m['best']:.4f} at epoch {m['best_epoch']}" if m.get("history") else ""
-    return f"{'finished' if m.get('finished') else 'unfinished'} run ({epochs} epochs done{best})"
-
-
 def prepare_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to overwrite a trained run unless `overwrite`; with `overwrite`, remove its outputs first.
+    """train-heads' run-dir policy (features.run_dir.prepare_run_dir with train_heads.run.RUN_LAYOUT).
 
     Raises:
         RunDirError: `run_dir` holds a checkpoint or metrics and neither `resume` nor `overwrite` is set, or both are.
     """
-    run_dir = Path(run_dir)
-    if resume and overwrite:
-        raise RunDirError("resume=true and overwrite=true contradict each other: pass one of them")
-    if not holds_run(run_dir) or resume:
-        return
-    if not overwrite:
-        more = " with more train.epochs to train it longer" if read_metrics(run_dir).get("finished") else " to continue it"
-        raise RunDirError(f"{run_dir} already holds a {describe_run(run_dir)}; pass resume=true{more}, "
-                          f"overwrite=true to replace it, or another out=DIR")
-    log.warning("overwrite=true: removing the %s in %s", describe_run(run_dir), run_dir)
-    for pattern in RUN_OUTPUTS:
-        for path in sorted(run_dir.glob(pattern)):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_dir_policy.prepare_run_dir(run_dir, RUN_LAYOUT, resume=resume, overwrite=overwrite)
 
 
 def keys_added_since(saved: dict, new: dict, full_cfg: Any) -> list[str]:

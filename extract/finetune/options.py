@@ -10,6 +10,15 @@ from dataclasses import dataclass
 from typing import Optional
 
 from features.options import opt
+from features.run_dir import RunLayout
+
+CHECKPOINT = "checkpoints/last.pt"  # in the run dir `out`
+FAILURES = "failures.jsonl"
+# the run-dir policy of finetune-backbone (features.run_dir.prepare_run_dir): a `checkpoints/last.pt` marks a run;
+# overwrite=true removes what training writes (failures.jsonl, appended to, and config.yaml stay)
+RUN_LAYOUT = RunLayout(marks=(CHECKPOINT,),
+                       outputs=("checkpoints", "tensorboard", "metrics.jsonl", "backbone.pt", "backbone.json", "heads.pt"),
+                       describe=lambda run_dir: f"run ({run_dir / CHECKPOINT})")
 
 
 @dataclass

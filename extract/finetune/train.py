@@ -59,11 +59,9 @@ from extract.finetune.model import (
     param_groups,
     recognition_loss,
 )
-from extract.finetune.options import TrainOptions  # finetune's arguments (the CLI schema inherits them)
+from extract.finetune.options import CHECKPOINT, FAILURES, TrainOptions  # finetune's arguments (the CLI schema inherits them)
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoints/last.pt"
-FAILURES = "failures.jsonl"
 
 
 class TooManyFailures(RunFailure):
