@@ -98,7 +98,7 @@ def recognition_loss(out: dict[str, torch.Tensor], observed_verb: torch.Tensor, 
     return ce(out["obs_verb"], observed_verb) + ce(out["obs_noun"], observed_noun)
 
 
-def validate(model: nn.Module, val: DeviceWindows, bank: FeatureBank, cfg: TrainConfig, *, epoch: int,
+def validate(model: nn.Module, val: DeviceWindows, bank: FeatureBank, cfg: TrainConfig, *,
              stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Val ED@Z metrics of the val generator (seeded by `seed`, the same draws every epoch); `stop`: see forecast_split."""
     gen = create_generator(cfg.val_generator)
@@ -340,12 +340,89 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindo
 
 
 def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWindows, val_windows: SplitWindows,
-           bank: FeatureBank, run_dir: Path, full_cfg: Any, resume: bool,
-           stop: StopFlag) -> dict[str, Any]:
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
+           bank: FeatureBank, run_dir: Path, full_cfg: Any, resume: bool, stop: StopFlag) -> dict[str, Any]:
+    """The epoch loop: train an epoch, validate, keep the best, until the epochs or the patience run out or a
+    stop signal arrives (then `last.pt` records what completed and `Interrupted` is raised)."""
+    run = _set_up(model_cfg, cfg, train_windows, val_windows, bank, run_dir, full_cfg)
+    resuming = resume and checkpoint_path(run_dir, "last").is_file()
+    if resuming:
+        _resume(run)
+    run.window_flip_prob = view_draw_flip_prob(cfg, run.bank)
+    log.info("training %s: %d train / %d val windows, %d steps/epoch, %d epochs, %.2fM parameters, device %s",
+             run_dir.name, len(run.train_data), len(run.val_data), run.steps_per_epoch, cfg.epochs,
+             sum(p.numel() for p in run.model.parameters()) / 1e6, run.device)
+    interrupted = None
+    with _Reporter(run, resuming=resuming) as report:
+        while run.state["epoch"] < cfg.epochs and not run.out_of_patience():
+            if stop.requested:  # between epochs: last.pt (if any) already describes exactly this state
+                interrupted = stop.signal_name
+                break
+            epoch_rng = run.data_rng.get_state()
+            _train_epoch(run, report, stop)
+            val = None if stop.requested else _validate(run, stop)
+            if val is None:  # a signal: keep what the epoch completed (mid-epoch, or all steps but no validation)
+                interrupted = stop.signal_name
+                _save_stopped_epoch(run, epoch_rng, interrupted)
+                break
+            improved = _record_epoch(run, val[0])
+            report.epoch(*val)
+            _save_epoch(run, val[0], improved)
+    _finish(run, interrupted)
+    return read_metrics(run_dir)
 
+
+@dataclasses.dataclass
+class _Run:
+    """What one training call works on: the model, optimiser and data on the device, and the loop's state."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    full_cfg: Any
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    bank: FeatureBank
+    train_data: DeviceWindows
+    val_data: DeviceWindows
+    data_rng: torch.Generator  # the batch order and view draws
+    steps_per_epoch: int
+    # epoch, global_step, step_in_epoch, best, best_epoch, bad_epochs, history (what last.pt's train_state holds);
+    # step_in_epoch > 0: last.pt was written mid-epoch (a signal); its rng_data is then the epoch's starting state
+    state: dict
+    epoch_loss: torch.Tensor  # summed over the current epoch's steps, on the device
+    epoch_train_sec: float = 0.0
+    window_flip_prob: float | None = None
+
+    @property
+    def select(self) -> str:
+        """The val metric that picks the best checkpoint."""
+        return f"model.{self.cfg.val_generator}.{self.cfg.select_metric}"
+
+    def out_of_patience(self) -> bool:
+        return self.state["bad_epochs"] >= (self.cfg.patience or math.inf)
+
+    def metrics(self) -> dict:
+        """What metrics.json (and the checkpoints' `metrics`) say about the run so far."""
+        return {"select_metric": self.select, "best_epoch": self.state["best_epoch"], "best": self.state["best"],
+                "finished": False, "history": self.state["history"], "num_train_windows": len(self.train_data),
+                "num_val_windows": len(self.val_data)}
+
+    def save_last(self, rng_data: torch.Tensor, metrics: dict, **more: Any) -> None:
+        """`last.pt`: the model plus everything a bit-exact resume needs (optimiser, scheduler, RNG states)."""
+        extra = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng_torch": torch.get_rng_state(), "rng_data": rng_data, "train_state": dict(self.state),
+                 "metrics": metrics, **more}
+        if self.device.type == "cuda":
+            extra["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        save_run(self.run_dir, self.model, self.full_cfg, self.bank.cache_keys, metrics=None, checkpoint="last",
+                 extra_state=extra)
+
+
+def _set_up(model_cfg: ModelConfig, cfg: TrainConfig, train_windows: SplitWindows, val_windows: SplitWindows,
+            bank: FeatureBank, run_dir: Path, full_cfg: Any) -> _Run:
+    """A fresh run on the device: seeds, the (capped) training windows, the model with its fitted input norms and
+    pair prior, the optimiser and the schedule."""
     device = torch.device(resolve_device(cfg.device, key="train.device"))
     for stale in sorted((run_dir / "checkpoints").glob("*.pt.tmp")):  # left by a process killed mid-write
         log.warning("removing %s, a partial checkpoint of an interrupted run", stale)
@@ -366,8 +443,19 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
     # drop_last (the reference's train loader): only full batches, floor(n / batch) steps per epoch
     steps_per_epoch = (len(train_data) // cfg.batch_size if cfg.drop_last and len(train_data) >= cfg.batch_size
                        else math.ceil(len(train_data) / cfg.batch_size))
-    total_steps = cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg)
+    state = {"epoch": 0, "global_step": 0, "step_in_epoch": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0,
+             "history": []}
+    return _Run(cfg=cfg, run_dir=run_dir, full_cfg=full_cfg, device=device, model=model, optimizer=optimizer,
+                scheduler=make_scheduler(optimizer, cfg, steps_per_epoch), bank=bank, train_data=train_data,
+                val_data=val_data, data_rng=data_rng, steps_per_epoch=steps_per_epoch, state=state,
+                epoch_loss=torch.zeros((), device=device))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """The per-step warm-up + half-cosine (features.optim) over `cfg.epochs * steps_per_epoch` steps, with the
+    warm-up `effective_warmup` picks (a warning when it differs from `train.warmup_steps` or outlasts the run)."""
+    total_steps = cfg.epochs * steps_per_epoch
     warmup = effective_warmup(cfg.warmup_steps, total_steps)
     if warmup != cfg.warmup_steps:
         log.warning("train.warmup_steps=%d is at least twice this run's %d steps (%d epochs x %d): warming up over "
@@ -377,157 +465,204 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, *, train_windows: SplitWind
         log.warning("train.warmup_steps=%d is longer than this run's %d steps (%d epochs x %d): the run ends at "
                     "%.0f%% of train.lr=%g", warmup, total_steps, cfg.epochs, steps_per_epoch,
                     100 * total_steps / warmup, cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
+    return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_warmup_factor(step, warmup_steps=warmup, total_steps=total_steps))
-    select = f"model.{cfg.val_generator}.{cfg.select_metric}"
-    # step_in_epoch > 0: last.pt was written mid-epoch (a signal); rng_data is then the epoch's starting state
-    state = {"epoch": 0, "global_step": 0, "step_in_epoch": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0,
-             "history": []}
-    epoch_loss, epoch_train_sec = torch.zeros((), device=device), 0.0
-    resuming = resume and checkpoint_path(run_dir, "last").is_file()
-    if resuming:
-        check_resume_config(run_dir, full_cfg)
-        ckpt = load_checkpoint(run_dir, "last", map_location=str(device))
-        model.load_state_dict(ckpt["model"], strict=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng_torch"])
-        data_rng.set_state(ckpt["rng_data"])
-        if device.type == "cuda" and "rng_cuda" in ckpt:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-        state.update(ckpt["train_state"])
-        if state["step_in_epoch"]:
-            epoch_loss, epoch_train_sec = ckpt["epoch_loss"].to(device), float(ckpt["epoch_train_sec"])
-        log.info("resumed from %s at epoch %d, step %d (%d of the epoch's %d steps done)", checkpoint_path(run_dir, "last"),
-                 state["epoch"], state["global_step"], state["step_in_epoch"], steps_per_epoch)
-    window_flip_prob = view_draw_flip_prob(cfg, bank)
-    log.info("training %s: %d train / %d val windows, %d steps/epoch, %d epochs, %.2fM parameters, device %s",
-             run_dir.name, len(train_data), len(val_data), steps_per_epoch, cfg.epochs,
-             sum(p.numel() for p in model.parameters()) / 1e6, device)
-    # one x-axis for every scalar: the global step; purge_step drops events a killed run logged after its checkpoint
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state["global_step"] + 1 if resuming else None)
-    if not resuming:
-        write_hparams(writer, full_cfg, f"val/{select}")
 
-    def save_last(rng_data: torch.Tensor, metrics: dict, **more) -> None:
-        extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(),
-                 "rng_data": rng_data, "train_state": dict(state), "metrics": metrics, **more}
-        if device.type == "cuda":
-            extra["rng_cuda"] = torch.cuda.get_rng_state(device)
-        save_run(run_dir, model, full_cfg, bank.cache_keys, metrics=None, checkpoint="last", extra_state=extra)
 
-    def run_metrics() -> dict:
-        return {"select_metric": select, "best_epoch": state["best_epoch"], "best": state["best"], "finished": False,
-                "history": state["history"], "num_train_windows": len(train_data), "num_val_windows": len(val_data)}
+def _resume(run: _Run) -> None:
+    """Load `last.pt` into `run` (the config must be the run's): weights, optimiser, schedule, RNG streams and
+    the loop's state; a checkpoint written mid-epoch also restores the epoch's loss sum and time."""
+    check_resume_config(run.run_dir, run.full_cfg)
+    ckpt = load_checkpoint(run.run_dir, "last", map_location=str(run.device))
+    run.model.load_state_dict(ckpt["model"], strict=True)
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng_torch"])
+    run.data_rng.set_state(ckpt["rng_data"])
+    if run.device.type == "cuda" and "rng_cuda" in ckpt:
+        torch.cuda.set_rng_state(ckpt["rng_cuda"], run.device)
+    state = run.state
+    state.update(ckpt["train_state"])
+    if state["step_in_epoch"]:
+        run.epoch_loss, run.epoch_train_sec = ckpt["epoch_loss"].to(run.device), float(ckpt["epoch_train_sec"])
+    log.info("resumed from %s at epoch %d, step %d (%d of the epoch's %d steps done)",
+             checkpoint_path(run.run_dir, "last"), state["epoch"], state["global_step"], state["step_in_epoch"],
+             run.steps_per_epoch)
 
-    interrupted, epochs_this_call, call_t0 = None, 0, time.perf_counter()
-    bars = contextlib.ExitStack()
-    epoch_bar = bars.enter_context(tqdm(total=cfg.epochs, initial=state["epoch"], unit="epoch", desc=run_dir.name,
-                                        disable=None, dynamic_ncols=True))
-    if not epoch_bar.disable:
-        bars.enter_context(logging_redirect_tqdm())
-    with bars:
-        while state["epoch"] < cfg.epochs and state["bad_epochs"] < (cfg.patience or math.inf):
-            if stop.requested:  # between epochs: last.pt (if any) already describes exactly this state
-                interrupted = stop.signal_name
-                break
-            model.train()
-            epoch_rng = data_rng.get_state()
-            done_before = state["step_in_epoch"]
-            t0 = t_log = time.perf_counter()
-            log_sum, log_n = torch.zeros((), device=device), 0
-            step_bar = tqdm(total=steps_per_epoch, initial=done_before, unit="step", desc=f"epoch {state['epoch'] + 1}",
-                            leave=False, disable=None, dynamic_ncols=True)
-            for i, batch in enumerate(iterate_batches(train_data, bank, batch_size=cfg.batch_size, train=True, rng=data_rng,
-                                                        drop_last=cfg.drop_last, window_flip_prob=window_flip_prob)):
-                if i < done_before:  # resumed mid-epoch: replay the epoch's draws up to where it stopped
-                    continue
-                if stop.requested:
-                    break
-                loss = train_step(model, optimizer, scheduler, batch, cfg, device)
-                state["global_step"] += 1
-                state["step_in_epoch"] += 1
-                log_sum += loss
-                epoch_loss += loss
-                log_n += 1
-                step_bar.update()
-                if state["global_step"] % cfg.log_every == 0:
-                    mean_loss = log_sum.item() / log_n
-                    ms = (time.perf_counter() - t_log) * 1000 / log_n
-                    lr = scheduler.get_last_lr()[0]
-                    log.info("step %d | epoch %d | loss %.3f | lr %.2e | %.1f ms/step", state["global_step"],
-                              state["epoch"] + 1, mean_loss, lr, ms)
-                    step_bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.1e}", refresh=False)
-                    writer.add_scalar("train/loss", mean_loss, state["global_step"])
-                    writer.add_scalar("train/lr", lr, state["global_step"])
-                    log_sum, log_n, t_log = torch.zeros((), device=device), 0, time.perf_counter()
-            step_bar.close()
-            epoch_train_sec += time.perf_counter() - t0
-            val = None
-            if not stop.requested:
-                t_val = time.perf_counter()
-                try:
-                    val = validate(model, val_data, bank, cfg, epoch=state["epoch"], stop=lambda: stop.requested)
-                except Abandoned:
-                    pass
-                val_sec = time.perf_counter() - t_val
-            if val is None:  # a signal: keep what the epoch completed (mid-epoch, or all steps but no validation)
-                interrupted = stop.signal_name
-                save_last(epoch_rng, run_metrics(), epoch_loss=epoch_loss, epoch_train_sec=epoch_train_sec)
-                log.warning("%s: stopped at epoch %d, step %d (%d of %d steps of the epoch done); wrote %s",
-                            interrupted, state["epoch"] + 1, state["global_step"], state["step_in_epoch"], steps_per_epoch,
-                            checkpoint_path(run_dir, "last"))
-                break
-            train_loss = epoch_loss.item() / max(1, state["step_in_epoch"])
-            state["epoch"] += 1
-            state["step_in_epoch"] = 0
-            score = val[select]
-            improved = score < state["best"]
-            if improved:
-                state["best"], state["best_epoch"], state["bad_epochs"] = score, state["epoch"], 0
-            else:
-                state["bad_epochs"] += 1
-            lr = scheduler.get_last_lr()[0]
-            summary = {k: v for k, v in val.items() if not k.endswith("_curve")}
-            state["history"].append({"epoch": state["epoch"], "step": state["global_step"], "train_loss": train_loss,
-                                     "lr": lr, "train_sec": round(epoch_train_sec, 3),
-                                     "windows_per_sec": round(len(train_data) / max(epoch_train_sec, 1e-9), 1), **summary})
-            step = state["global_step"]
-            writer.add_scalar("train/epoch_loss", train_loss, step)
-            for name, value in summary.items():
-                writer.add_scalar(f"val/{name}", value, step)
-            for what in ("verb", "noun", "action"):
-                for z, v in enumerate(val[f"model.{cfg.val_generator}.{what}_ed_curve"], start=1):
-                    writer.add_scalar(f"val_ed_curve/{what}_ed@{z}", v, step)
-            writer.flush()
-            epochs_this_call += 1
-            epoch_bar.update()
-            eta = (time.perf_counter() - call_t0) / epochs_this_call * (cfg.epochs - state["epoch"])
-            g = f"model.{cfg.val_generator}"
-            log.info("epoch %d/%d | train loss %.4f | lr %.2e | val ED@Z verb %.4f noun %.4f action %.4f | best %s %.4f "
-                     "(epoch %d) | %.1f s train + %.1f s val | ETA %s", state["epoch"], cfg.epochs, train_loss, lr,
-                     val[f"{g}.verb_ed"], val[f"{g}.noun_ed"], val[f"{g}.action_ed"], cfg.select_metric, state["best"],
-                     state["best_epoch"], epoch_train_sec, val_sec, _format_eta(eta))
-            metrics = run_metrics()
-            if improved:
-                metrics["best_val"] = val
-                save_run(run_dir, model, full_cfg, bank.cache_keys, metrics=metrics, checkpoint="best",
-                         extra_state={"epoch": state["epoch"]})
-            save_last(data_rng.get_state(), metrics)
-            update_metrics(run_dir, metrics)
-            epoch_loss, epoch_train_sec = torch.zeros((), device=device), 0.0
-    writer.close()
-    early_stop = state["bad_epochs"] >= (cfg.patience or math.inf)
-    if interrupted is None and (state["epoch"] >= cfg.epochs or early_stop):
-        if early_stop:
-            log.info("early stop after epoch %d: no val improvement for %d epochs", state["epoch"], cfg.patience)
-        update_metrics(run_dir, {"finished": True})
-    if interrupted is not None:
-        hint = f"lta train-heads config={run_dir / CONFIG_FILE} resume=true"
-        where = (f"after epoch {state['epoch']}" if not state["step_in_epoch"] else
-                 f"in epoch {state['epoch'] + 1} at step {state['global_step']} ({state['step_in_epoch']} of its "
-                 f"{steps_per_epoch} steps done)")
-        saved = "progress saved" if checkpoint_path(run_dir, "last").is_file() else "nothing to save yet"
-        raise Interrupted(f"train-heads stopped by {interrupted} {where}, {saved}; resume with: {hint}",
-                          signal_name=interrupted)
-    return read_metrics(run_dir)
+
+def _train_epoch(run: _Run, report: _Reporter, stop: StopFlag) -> None:
+    """The optimisation steps of the current epoch, until its end or a stop signal. A run resumed mid-epoch
+    replays the epoch's batch draws up to where it stopped, so it continues bit-exactly."""
+    cfg, state = run.cfg, run.state
+    run.model.train()
+    done_before = state["step_in_epoch"]
+    t0 = time.perf_counter()
+    report.start_epoch()
+    batches = iterate_batches(run.train_data, run.bank, batch_size=cfg.batch_size, train=True, rng=run.data_rng,
+                              drop_last=cfg.drop_last, window_flip_prob=run.window_flip_prob)
+    for i, batch in enumerate(batches):
+        if i < done_before:
+            continue
+        if stop.requested:
+            break
+        loss = train_step(run.model, run.optimizer, run.scheduler, batch, cfg, run.device)
+        state["global_step"] += 1
+        state["step_in_epoch"] += 1
+        run.epoch_loss += loss
+        report.step(loss)
+    report.end_steps()
+    run.epoch_train_sec += time.perf_counter() - t0
+
+
+def _validate(run: _Run, stop: StopFlag) -> tuple[dict[str, Any], float] | None:
+    """(val metrics, seconds), or None when a stop signal abandoned the validation."""
+    t0 = time.perf_counter()
+    try:
+        val = validate(run.model, run.val_data, run.bank, run.cfg, stop=lambda: stop.requested)
+    except Abandoned:
+        return None
+    return val, time.perf_counter() - t0
+
+
+def _record_epoch(run: _Run, val: dict[str, Any]) -> bool:
+    """Close the epoch in the loop's state: the best so far (by `run.select`), the epochs without improvement
+    (early stopping), the history row of metrics.json. Whether the epoch improved on the best."""
+    state = run.state
+    train_loss = run.epoch_loss.item() / max(1, state["step_in_epoch"])
+    state["epoch"] += 1
+    state["step_in_epoch"] = 0
+    score = val[run.select]
+    improved = score < state["best"]
+    if improved:
+        state["best"], state["best_epoch"], state["bad_epochs"] = score, state["epoch"], 0
+    else:
+        state["bad_epochs"] += 1
+    state["history"].append({"epoch": state["epoch"], "step": state["global_step"], "train_loss": train_loss,
+                             "lr": run.scheduler.get_last_lr()[0], "train_sec": round(run.epoch_train_sec, 3),
+                             "windows_per_sec": round(len(run.train_data) / max(run.epoch_train_sec, 1e-9), 1),
+                             **_summary(val)})
+    return improved
+
+
+def _summary(val: dict[str, Any]) -> dict[str, Any]:
+    """The val metrics without the per-position ED curves."""
+    return {k: v for k, v in val.items() if not k.endswith("_curve")}
+
+
+def _save_epoch(run: _Run, val: dict[str, Any], improved: bool) -> None:
+    """After a validated epoch: `best.pt` when it improved, `last.pt` and metrics.json always."""
+    metrics = run.metrics()
+    if improved:
+        metrics["best_val"] = val
+        save_run(run.run_dir, run.model, run.full_cfg, run.bank.cache_keys, metrics=metrics, checkpoint="best",
+                 extra_state={"epoch": run.state["epoch"]})
+    run.save_last(run.data_rng.get_state(), metrics)
+    update_metrics(run.run_dir, metrics)
+    run.epoch_loss, run.epoch_train_sec = torch.zeros((), device=run.device), 0.0
+
+
+def _save_stopped_epoch(run: _Run, epoch_rng: torch.Tensor, signal_name: str | None) -> None:
+    """`last.pt` of an epoch a signal stopped: the epoch's starting data RNG, its steps done, its loss and time
+    so far (a resume replays the draws and continues)."""
+    state = run.state
+    run.save_last(epoch_rng, run.metrics(), epoch_loss=run.epoch_loss, epoch_train_sec=run.epoch_train_sec)
+    log.warning("%s: stopped at epoch %d, step %d (%d of %d steps of the epoch done); wrote %s", signal_name,
+                state["epoch"] + 1, state["global_step"], state["step_in_epoch"], run.steps_per_epoch,
+                checkpoint_path(run.run_dir, "last"))
+
+
+def _finish(run: _Run, interrupted: str | None) -> None:
+    """Mark metrics.json finished (all epochs, or early stopping), or raise `Interrupted` naming the resume command."""
+    state = run.state
+    if interrupted is None:
+        if run.out_of_patience():
+            log.info("early stop after epoch %d: no val improvement for %d epochs", state["epoch"], run.cfg.patience)
+        update_metrics(run.run_dir, {"finished": True})
+        return
+    hint = f"lta train-heads config={run.run_dir / CONFIG_FILE} resume=true"
+    where = (f"after epoch {state['epoch']}" if not state["step_in_epoch"] else
+             f"in epoch {state['epoch'] + 1} at step {state['global_step']} ({state['step_in_epoch']} of its "
+             f"{run.steps_per_epoch} steps done)")
+    saved = "progress saved" if checkpoint_path(run.run_dir, "last").is_file() else "nothing to save yet"
+    raise Interrupted(f"train-heads stopped by {interrupted} {where}, {saved}; resume with: {hint}",
+                      signal_name=interrupted)
+
+
+class _Reporter:
+    """Where the loop reports: tqdm bars (epochs and steps; off when stderr is no terminal, the log then goes on
+    as it is), a log line every `train.log_every` steps and one per epoch (with an ETA), and TensorBoard
+    (`run_dir/tensorboard`, every scalar against the global step)."""
+
+    def __init__(self, run: _Run, *, resuming: bool):
+        self.run, self.resuming = run, resuming
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> _Reporter:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        run = self.run
+        # purge_step drops the events a killed run logged after its checkpoint
+        self.writer = SummaryWriter(str(run.run_dir / "tensorboard"),
+                                    purge_step=run.state["global_step"] + 1 if self.resuming else None)
+        self._stack.callback(self.writer.close)
+        if not self.resuming:
+            write_hparams(self.writer, run.full_cfg, f"val/{run.select}")
+        self._tqdm, self._t0, self._epochs = tqdm, time.perf_counter(), 0  # epochs done by this call (the ETA)
+        self.epoch_bar = self._stack.enter_context(tqdm(total=run.cfg.epochs, initial=run.state["epoch"],
+                                                        unit="epoch", desc=run.run_dir.name, disable=None,
+                                                        dynamic_ncols=True))
+        if not self.epoch_bar.disable:
+            self._stack.enter_context(logging_redirect_tqdm())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    def start_epoch(self) -> None:
+        state = self.run.state
+        self._log_sum, self._log_n, self._t_log = torch.zeros((), device=self.run.device), 0, time.perf_counter()
+        self.step_bar = self._tqdm(total=self.run.steps_per_epoch, initial=state["step_in_epoch"], unit="step",
+                                   desc=f"epoch {state['epoch'] + 1}", leave=False, disable=None, dynamic_ncols=True)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """After an optimisation step; every `train.log_every` steps the mean loss (one device sync) is logged."""
+        self._log_sum += loss
+        self._log_n += 1
+        self.step_bar.update()
+        state, scheduler = self.run.state, self.run.scheduler
+        if state["global_step"] % self.run.cfg.log_every:
+            return
+        mean_loss = self._log_sum.item() / self._log_n
+        ms = (time.perf_counter() - self._t_log) * 1000 / self._log_n
+        lr = scheduler.get_last_lr()[0]
+        log.info("step %d | epoch %d | loss %.3f | lr %.2e | %.1f ms/step", state["global_step"], state["epoch"] + 1,
+                 mean_loss, lr, ms)
+        self.step_bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.1e}", refresh=False)
+        self.writer.add_scalar("train/loss", mean_loss, state["global_step"])
+        self.writer.add_scalar("train/lr", lr, state["global_step"])
+        self._log_sum, self._log_n, self._t_log = torch.zeros((), device=self.run.device), 0, time.perf_counter()
+
+    def end_steps(self) -> None:
+        self.step_bar.close()
+
+    def epoch(self, val: dict[str, Any], val_sec: float) -> None:
+        """After a validated epoch (its history row written): TensorBoard scalars and curves, the epoch line."""
+        run, writer = self.run, self.writer
+        state, cfg, step, row = run.state, run.cfg, run.state["global_step"], run.state["history"][-1]
+        writer.add_scalar("train/epoch_loss", row["train_loss"], step)
+        for name, value in _summary(val).items():
+            writer.add_scalar(f"val/{name}", value, step)
+        g = f"model.{cfg.val_generator}"
+        for what in ("verb", "noun", "action"):
+            for z, v in enumerate(val[f"{g}.{what}_ed_curve"], start=1):
+                writer.add_scalar(f"val_ed_curve/{what}_ed@{z}", v, step)
+        writer.flush()
+        self._epochs += 1
+        self.epoch_bar.update()
+        eta = (time.perf_counter() - self._t0) / self._epochs * (cfg.epochs - state["epoch"])
+        log.info("epoch %d/%d | train loss %.4f | lr %.2e | val ED@Z verb %.4f noun %.4f action %.4f | best %s %.4f "
+                 "(epoch %d) | %.1f s train + %.1f s val | ETA %s", state["epoch"], cfg.epochs, row["train_loss"],
+                 row["lr"], val[f"{g}.verb_ed"], val[f"{g}.noun_ed"], val[f"{g}.action_ed"], cfg.select_metric,
+                 state["best"], state["best_epoch"], run.epoch_train_sec, val_sec, _format_eta(eta))
