@@ -24,7 +24,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from extract.finetune.train import TrainOptions, finetune  # noqa: E402
+from extract.finetune.train import TrainOptions, prepare, train_prepared  # noqa: E402
 from extract.finetune.data import EpochBatchSampler, RecognitionDataset, make_loader, probe_split  # noqa: E402
 from extract.finetune.model import make_spec  # noqa: E402
 from extract.resize import ffmpeg_exe  # noqa: E402
@@ -102,9 +102,9 @@ def broken(clean, tmp_path_factory) -> dict:
 
 def test_bad_clips_are_recorded_dropped_and_training_completes(broken, tmp_path):
     train, val, segs = broken["train"], broken["val"], broken["segments"]
-    seen = {}
-    result = finetune(TrainOptions(data=str(broken["root"]), out=str(tmp_path / "run"), **TINY, max_failed_frac=0.7),
-                      on_probed=lambda probes: seen.update(train=probes[0], val=probes[1]))
+    prepared = prepare(TrainOptions(data=str(broken["root"]), out=str(tmp_path / "run"), **TINY, max_failed_frac=0.7))
+    seen = {"train": prepared.probes[0], "val": prepared.probes[1]}
+    result = train_prepared(prepared)
     records = {r["clip_uid"]: r for r in _records(tmp_path / "run")}
     assert set(records) == {broken[k] for k in BAD}
     miss, cut, cut_val = (records[broken[k]] for k in ("missing", "cut", "cut_val"))
@@ -153,8 +153,9 @@ def test_clip_damaged_after_the_probe_is_recorded_and_replaced(clean, tmp_path):
         _truncate(_clip(root, bad))
         _clip(root, bad_val).unlink()
 
-    result = finetune(TrainOptions(data=str(root), out=str(tmp_path / "run"), **dict(TINY, num_workers=2)),
-                      on_probed=damage)
+    prepared = prepare(TrainOptions(data=str(root), out=str(tmp_path / "run"), **dict(TINY, num_workers=2)))
+    damage(prepared.probes)
+    result = train_prepared(prepared)
     steps = train.num_segments // 8
     assert result["step"] == steps
     records = _records(tmp_path / "run")

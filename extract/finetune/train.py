@@ -40,7 +40,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -186,56 +186,226 @@ class TrainState:
     step_sec: float = 0.0
 
 
-def finetune(opts: TrainOptions, *, on_probed: Callable[[list[ProbeReport]], None] | None = None) -> dict:
+def finetune(opts: TrainOptions) -> dict:
     """Train (or resume) a recognition run in `opts.out`; returns the last validation metrics and throughput.
+
+    Two phases, each callable on its own: `prepare` (probe the clips, record and drop the bad ones, build the
+    datasets and the plan) and `train_prepared` (the model, optimiser, resume and the step loop).
 
     The returned dict has `step`, `val` ({verb_top1, verb_top5, noun_top1, noun_top5, loss} or {}),
     `samples_per_sec`, `data_wait_share` (time blocked on the DataLoader / train-loop time),
     `dropped` (segments dropped by the probe), `decode_failures` (decode errors met in training and
     validation by this process), `spec` and `model` (the trained RecognitionModel, unwrapped from DDP).
 
-    `on_probed` is called with the probe reports (train, then val) once the clips are checked, before
-    the first frame is decoded (a caller's hook; the tests use it to damage a clip mid-run).
+    Raises:
+        TooManyFailures: more than `opts.max_failed_frac` of the train + val segments were dropped.
+    """
+    return train_prepared(prepare(opts))
+
+
+@dataclass
+class Prepared:
+    """A run ready to train: the clips probed (bad ones recorded in failures.jsonl and left out), the datasets
+    and the resolved recipe. Nothing but failures.jsonl is written yet and no frame is decoded."""
+
+    opts: TrainOptions
+    dist: DistInfo
+    spec: BackboneSpec
+    taxonomy: Any
+    probes: list[ProbeReport]  # train, then val
+    train_ds: RecognitionDataset
+    val_ds: RecognitionDataset | None
+    plan: Plan
+
+    @property
+    def out(self) -> Path:
+        return Path(self.opts.out)
+
+
+def prepare(opts: TrainOptions) -> Prepared:
+    """Set up the process group, load the splits, probe their clips and build the datasets and the plan.
 
     Raises:
         TooManyFailures: more than `opts.max_failed_frac` of the train + val segments were dropped.
     """
-    import torch
-
     from features.annotations import load_split
 
     dist = setup_distributed(opts.device)
-    out = Path(opts.out)
     spec = make_spec(opts.backbone, width_per_group=opts.width_per_group, crop_size=opts.crop_size, num_frames=opts.num_frames)
     train_ann = load_split(opts.data, opts.train_split)
     val_ann = load_split(opts.data, opts.val_split, train_ann.taxonomy) if opts.val_split else None
-    taxonomy = train_ann.taxonomy
-    probes = _probe(opts, spec, train_ann, val_ann, out / FAILURES if dist.is_main else None)
-    if on_probed is not None:
-        on_probed(probes)
+    probes = _probe(opts, spec, train_ann, val_ann, Path(opts.out) / FAILURES if dist.is_main else None)
     train_ds = RecognitionDataset(opts.data, train_ann, spec, train=True, seed=opts.seed, flip_prob=opts.flip_prob,
                                   resized=opts.resized, probe=probes[0])
     val_ds = (RecognitionDataset(opts.data, val_ann, spec, train=False, resized=opts.resized, probe=probes[1])
               if val_ann is not None else None)
-    plan = make_plan(opts, len(train_ds), dist.world_size)
+    return Prepared(opts=opts, dist=dist, spec=spec, taxonomy=train_ann.taxonomy, probes=probes, train_ds=train_ds,
+                    val_ds=val_ds, plan=make_plan(opts, len(train_ds), dist.world_size))
 
-    random.seed(opts.seed)
-    np.random.seed(opts.seed)
-    torch.manual_seed(opts.seed)
-    model = build_recognition_model(spec, num_verbs=taxonomy.num_verbs, num_nouns=taxonomy.num_nouns, dropout=opts.dropout)
-    ckpt_path = out / CHECKPOINT
-    resuming = opts.resume and ckpt_path.is_file()
-    if not resuming:
-        log.info("init: %s", init_backbone(model.backbone, spec, opts.init))
-    model.to(dist.device)
-    optimizer = torch.optim.SGD(param_groups(model, weight_decay=opts.weight_decay, bn_weight_decay=opts.bn_weight_decay),
-                                lr=plan.lr, momentum=opts.momentum, nesterov=opts.nesterov, dampening=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_warmup_factor(s, warmup_steps=opts.warmup_steps, total_steps=plan.total_steps))
-    state = TrainState()
-    if resuming:
-        state = _load_checkpoint(ckpt_path, model, optimizer, scheduler, spec, dist)
-        log.info("resumed %s at step %d", ckpt_path, state.step)
+
+def train_prepared(prepared: Prepared) -> dict:
+    """Train (or resume) a prepared run up to `max_steps` or the plan's last step; see `finetune`. A stop signal
+    ends it after the current step with a checkpoint (`Interrupted`)."""
+    trainer = _Trainer(prepared)
+    while trainer.state.step < trainer.stop_step:
+        trainer.run_epoch()
+    return trainer.result()
+
+
+class _Trainer:
+    """One training call on a prepared run: the model (and its DDP wrapper), optimiser, schedule, the step state
+    that checkpoints hold, the TensorBoard writer (main process) and this call's throughput counters."""
+
+    def __init__(self, p: Prepared):
+        import torch
+
+        self.p, opts, dist = p, p.opts, p.dist
+        random.seed(opts.seed)
+        np.random.seed(opts.seed)
+        torch.manual_seed(opts.seed)
+        model = build_recognition_model(p.spec, num_verbs=p.taxonomy.num_verbs, num_nouns=p.taxonomy.num_nouns,
+                                        dropout=opts.dropout)
+        resuming = opts.resume and (p.out / CHECKPOINT).is_file()
+        if not resuming:
+            log.info("init: %s", init_backbone(model.backbone, p.spec, opts.init))
+        model.to(dist.device)
+        self.model = model
+        self.optimizer = torch.optim.SGD(
+            param_groups(model, weight_decay=opts.weight_decay, bn_weight_decay=opts.bn_weight_decay), lr=p.plan.lr,
+            momentum=opts.momentum, nesterov=opts.nesterov, dampening=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: cosine_warmup_factor(
+            s, warmup_steps=opts.warmup_steps, total_steps=p.plan.total_steps))
+        self.state = TrainState()
+        if resuming:
+            self.state = _load_checkpoint(p.out / CHECKPOINT, model, self.optimizer, self.scheduler, p.spec, dist)
+            log.info("resumed %s at step %d", p.out / CHECKPOINT, self.state.step)
+        self.ddp_model = _wrap_ddp(model, dist)
+        self.writer = _open_writer(p)
+        self.stop_step = min(p.plan.total_steps, opts.max_steps) if opts.max_steps else p.plan.total_steps
+        self.val_metrics: dict = {}
+        self.loop_start, self.loop_data, self.loop_samples = time.perf_counter(), 0.0, 0
+        self.epoch_losses: list[float] = []  # this process's step losses since the last validation
+        self.decode_failures = 0
+
+    def run_epoch(self) -> None:
+        """The rest of the current epoch (all of it, or from a resumed step), then its end (`end_epoch`).
+        SIGTERM / SIGINT / submitit's USR2 mid-epoch: stop after this step with a checkpoint, which a resume
+        continues exactly (the sampler restarts at the step); at an epoch's end `end_epoch` runs first."""
+        p, opts, dist = self.p, self.p.opts, self.p.dist
+        epoch, step_in_epoch = divmod(self.state.step, p.plan.steps_per_epoch)
+        p.train_ds.set_epoch(epoch)
+        sampler = EpochBatchSampler(len(p.train_ds), p.plan.micro_batch, shuffle=True, seed=opts.seed, epoch=epoch,
+                                    rank=dist.rank, world_size=dist.world_size, start_batch=step_in_epoch * opts.accum_steps)
+        loader = make_loader(p.train_ds, sampler, num_workers=opts.num_workers, pin_memory=dist.device.type == "cuda")
+        batches = iter(loader)
+        _set_train_mode(self.model, opts.bn_mode)
+        for _ in range(step_in_epoch, p.plan.steps_per_epoch):
+            self.step(batches, epoch)
+            if self.state.step >= self.stop_step:
+                break
+            if self.state.step % p.plan.steps_per_epoch and _stop_agreed(dist):
+                self.checkpoint()
+                _stop(self.writer, self.state.step, self.stop_step, p.out)
+        del batches, loader
+        self.end_epoch(epoch)
+
+    def step(self, batches, epoch: int) -> None:
+        """One optimiser step of `accum_steps` micro-batches (DDP syncs the gradients on the last one only)."""
+        p, opts, state = self.p, self.p.opts, self.state
+        t_step = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for micro in range(opts.accum_steps):
+            loss_sum += self.micro_step(batches, sync=micro == opts.accum_steps - 1 or p.dist.world_size == 1)
+        self.optimizer.step()
+        self.scheduler.step()
+        state.step += 1
+        self.epoch_losses.append(loss_sum)
+        state.step_sec += time.perf_counter() - t_step
+        if self.writer is not None:
+            self.log_step(loss_sum, epoch)
+        if opts.ckpt_every and state.step % opts.ckpt_every == 0:
+            self.checkpoint()
+
+    def micro_step(self, batches, *, sync: bool) -> float:
+        """Forward and backward of the next micro-batch (decode failures recorded); its share of the step loss."""
+        p, dist, state = self.p, self.p.dist, self.state
+        t_data = time.perf_counter()
+        inputs, verb, noun, _idx, failed = next(batches)
+        if failed:
+            self.decode_failures += _record_failures(p.out / FAILURES, failed, step=state.step, rank=dist.rank)
+        wait = time.perf_counter() - t_data
+        state.data_sec += wait
+        self.loop_data += wait
+        inputs, verb, noun = _to_device(inputs, dist.device), verb.to(dist.device), noun.to(dist.device)
+        with (contextlib.nullcontext() if sync else self.ddp_model.no_sync()):
+            with _autocast(dist.device, p.opts.precision):
+                logits = self.ddp_model(inputs)
+            loss = recognition_loss(logits, verb, noun) / p.opts.accum_steps
+            loss.backward()
+        state.samples += len(verb) * dist.world_size
+        self.loop_samples += len(verb) * dist.world_size
+        return float(loss.detach())
+
+    def log_step(self, loss: float, epoch: int) -> None:
+        """TensorBoard loss and lr every step; a log line every `log_every` steps (and after the first)."""
+        step, lr = self.state.step, self.optimizer.param_groups[0]["lr"]
+        self.writer.add_scalar("train/loss", loss, step)
+        self.writer.add_scalar("train/lr", lr, step)
+        if step % self.p.opts.log_every == 0 or step == 1:
+            elapsed = time.perf_counter() - self.loop_start
+            log.info("step %d/%d | epoch %d | loss %.4f | lr %.3g | %.0f ms/step | %.1f samples/s | data wait %.0f%%",
+                     step, self.stop_step, epoch, loss, lr, 1000 * elapsed / max(1, step), self.loop_samples / elapsed,
+                     100 * self.loop_data / elapsed)
+
+    def end_epoch(self, epoch: int) -> None:
+        """After the epoch's steps (or the last step of the call): validate when it is due, export the backbone
+        (main process), write the checkpoint, and stop here if a signal arrived."""
+        p, opts, dist, state = self.p, self.p.opts, self.p.dist, self.state
+        epoch_done = state.step % p.plan.steps_per_epoch == 0
+        if epoch_done and p.val_ds is not None and ((epoch + 1) % opts.val_every == 0 or state.step == p.plan.total_steps):
+            self.validate(epoch)
+        if dist.is_main and (epoch_done or state.step >= self.stop_step):
+            export_backbone(self.model, p.spec, p.out, extra={"init": opts.init, "step": state.step,
+                                                              "epoch": epoch + epoch_done, "val": self.val_metrics,
+                                                              "num_verbs": p.taxonomy.num_verbs,
+                                                              "num_nouns": p.taxonomy.num_nouns})
+        self.checkpoint()
+        if state.step < self.stop_step and _stop_agreed(dist):
+            _stop(self.writer, state.step, self.stop_step, p.out)
+
+    def validate(self, epoch: int) -> None:
+        p = self.p
+        self.val_metrics = evaluate(self.model, p.val_ds, batch_size=p.plan.micro_batch, num_workers=p.opts.num_workers,
+                                    dist=p.dist, precision=p.opts.precision, failures_path=p.out / FAILURES,
+                                    step=self.state.step)
+        self.decode_failures += self.val_metrics.pop("decode_failures")
+        self.val_metrics["train_loss"] = float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan")
+        self.epoch_losses = []
+        if p.dist.is_main:
+            _log_val(p.out, self.writer, epoch, self.state.step, self.val_metrics)
+
+    def checkpoint(self) -> None:
+        p = self.p
+        _save_checkpoint(p.out / CHECKPOINT, self.model, self.optimizer, self.scheduler, p.spec, self.state, p.dist,
+                         p.opts)
+
+    def result(self) -> dict:
+        """What `finetune` returns (and closes the writer)."""
+        elapsed = time.perf_counter() - self.loop_start
+        if self.writer is not None:
+            self.writer.close()
+        return {"step": self.state.step, "val": self.val_metrics,
+                "samples_per_sec": self.loop_samples / elapsed if elapsed else 0.0,
+                "data_wait_share": self.loop_data / elapsed if elapsed else 0.0,
+                "dropped": sum(pr.num_dropped for pr in self.p.probes), "decode_failures": self.decode_failures,
+                "spec": self.p.spec, "model": self.model}
+
+
+def _wrap_ddp(model, dist: DistInfo):
+    """`model` in DistributedDataParallel over several processes (itself in one); cuDNN autotuning on CUDA."""
+    import torch
+
     ddp_model = model
     if dist.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -243,99 +413,23 @@ def finetune(opts: TrainOptions, *, on_probed: Callable[[list[ProbeReport]], Non
         ddp_model = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
     if dist.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    return ddp_model
 
-    writer = None
-    if dist.is_main:
-        from torch.utils.tensorboard import SummaryWriter
 
-        out.mkdir(parents=True, exist_ok=True)
-        writer = SummaryWriter(str(out / "tensorboard"))
-        log.info("%s: %d train / %d val segments, %d verbs, %d nouns; batch %d = %d proc x %d accum x %d, "
-                 "%d steps/epoch, %d epochs, lr %g", spec.name, len(train_ds), len(val_ds or []), taxonomy.num_verbs,
-                 taxonomy.num_nouns, plan.batch_size, dist.world_size, opts.accum_steps, plan.micro_batch,
-                 plan.steps_per_epoch, plan.epochs, plan.lr)
+def _open_writer(p: Prepared):
+    """The main process's TensorBoard writer (`out/tensorboard`) after a line describing the run; None elsewhere."""
+    if not p.dist.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
 
-    stop_step = min(plan.total_steps, opts.max_steps) if opts.max_steps else plan.total_steps
-    val_metrics: dict = {}
-    loop_start, loop_data, loop_samples = time.perf_counter(), 0.0, 0
-    epoch_losses: list[float] = []  # this process's step losses since the last validation
-    decode_failures = 0
-    while state.step < stop_step:
-        epoch, step_in_epoch = divmod(state.step, plan.steps_per_epoch)
-        train_ds.set_epoch(epoch)
-        sampler = EpochBatchSampler(len(train_ds), plan.micro_batch, shuffle=True, seed=opts.seed, epoch=epoch,
-                                    rank=dist.rank, world_size=dist.world_size, start_batch=step_in_epoch * opts.accum_steps)
-        loader = make_loader(train_ds, sampler, num_workers=opts.num_workers, pin_memory=dist.device.type == "cuda")
-        batches = iter(loader)
-        _set_train_mode(model, opts.bn_mode)
-        for _ in range(step_in_epoch, plan.steps_per_epoch):
-            t_step = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = 0.0
-            for micro in range(opts.accum_steps):
-                t_data = time.perf_counter()
-                inputs, verb, noun, _idx, failed = next(batches)
-                if failed:
-                    decode_failures += _record_failures(out / FAILURES, failed, step=state.step, rank=dist.rank)
-                wait = time.perf_counter() - t_data
-                state.data_sec += wait
-                loop_data += wait
-                inputs, verb, noun = _to_device(inputs, dist.device), verb.to(dist.device), noun.to(dist.device)
-                sync = micro == opts.accum_steps - 1 or dist.world_size == 1
-                with (contextlib.nullcontext() if sync else ddp_model.no_sync()):
-                    with _autocast(dist.device, opts.precision):
-                        logits = ddp_model(inputs)
-                    loss = recognition_loss(logits, verb, noun) / opts.accum_steps
-                    loss.backward()
-                loss_sum += float(loss.detach())
-                state.samples += len(verb) * dist.world_size
-                loop_samples += len(verb) * dist.world_size
-            optimizer.step()
-            scheduler.step()
-            state.step += 1
-            epoch_losses.append(loss_sum)
-            state.step_sec += time.perf_counter() - t_step
-            if writer is not None:
-                writer.add_scalar("train/loss", loss_sum, state.step)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state.step)
-                if state.step % opts.log_every == 0 or state.step == 1:
-                    elapsed = time.perf_counter() - loop_start
-                    log.info("step %d/%d | epoch %d | loss %.4f | lr %.3g | %.0f ms/step | %.1f samples/s | data wait %.0f%%",
-                             state.step, stop_step, epoch, loss_sum, optimizer.param_groups[0]["lr"],
-                             1000 * elapsed / max(1, state.step), loop_samples / elapsed, 100 * loop_data / elapsed)
-            if opts.ckpt_every and state.step % opts.ckpt_every == 0:
-                _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, spec, state, dist, opts)
-            if state.step >= stop_step:
-                break
-            # SIGTERM / SIGINT / submitit's USR2 mid-epoch: stop after this step with a checkpoint, which a
-            # resume continues exactly (the sampler restarts at the step); at an epoch's end the validation,
-            # export and checkpoint below run first
-            if state.step % plan.steps_per_epoch and _stop_agreed(dist):
-                _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, spec, state, dist, opts)
-                _stop(writer, state.step, stop_step, out)
-        del batches, loader
-        epoch_done = state.step % plan.steps_per_epoch == 0
-        if epoch_done and val_ds is not None and ((epoch + 1) % opts.val_every == 0 or state.step == plan.total_steps):
-            val_metrics = evaluate(model, val_ds, batch_size=plan.micro_batch, num_workers=opts.num_workers, dist=dist,
-                                   precision=opts.precision, failures_path=out / FAILURES, step=state.step)
-            decode_failures += val_metrics.pop("decode_failures")
-            val_metrics["train_loss"] = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
-            epoch_losses = []
-            if dist.is_main:
-                _log_val(out, writer, epoch, state.step, val_metrics)
-        if dist.is_main and (epoch_done or state.step >= stop_step):
-            export_backbone(model, spec, out, extra={"init": opts.init, "step": state.step, "epoch": epoch + epoch_done,
-                                                     "val": val_metrics, "num_verbs": taxonomy.num_verbs,
-                                                     "num_nouns": taxonomy.num_nouns})
-        _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler, spec, state, dist, opts)
-        if state.step < stop_step and _stop_agreed(dist):
-            _stop(writer, state.step, stop_step, out)
-    elapsed = time.perf_counter() - loop_start
-    if writer is not None:
-        writer.close()
-    return {"step": state.step, "val": val_metrics, "samples_per_sec": loop_samples / elapsed if elapsed else 0.0,
-            "data_wait_share": loop_data / elapsed if elapsed else 0.0, "dropped": sum(p.num_dropped for p in probes),
-            "decode_failures": decode_failures, "spec": spec, "model": model}
+    p.out.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(p.out / "tensorboard"))
+    plan = p.plan
+    log.info("%s: %d train / %d val segments, %d verbs, %d nouns; batch %d = %d proc x %d accum x %d, "
+             "%d steps/epoch, %d epochs, lr %g", p.spec.name, len(p.train_ds), len(p.val_ds or []), p.taxonomy.num_verbs,
+             p.taxonomy.num_nouns, plan.batch_size, p.dist.world_size, p.opts.accum_steps, plan.micro_batch,
+             plan.steps_per_epoch, plan.epochs, plan.lr)
+    return writer
 
 
 def _stop_agreed(dist: DistInfo) -> bool:
