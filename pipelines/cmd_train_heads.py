@@ -85,8 +85,9 @@ def train_from_config(cfg: TrainHeadsConfig) -> dict:
     """Load features and windows as `cfg` says, train, and return the run's metrics (of the run as it is, when
     `resume=true` finds it finished and `cfg` asks for no more epochs: then a line says so)."""
     from train_heads.inputs import fill_model_dims, load_bank, resolve_feature_keys, split_windows, subset_windows
+    from train_heads.resume import check_resume_config, finished_run_note, prepare_run_dir
     from train_heads.run import checkpoint_path, read_metrics
-    from train_heads.train import check_resume_config, finished_run_note, prepare_run_dir, train
+    from train_heads.train import train
 
     # before any data is loaded: the cache keys, the run dir, and on resume that the config is the run's
     keys = resolve_feature_keys(cfg.store, [m.name for m in cfg.head.modalities], cfg.features)  # UsageError
