@@ -8,6 +8,7 @@ nothing left to do.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
