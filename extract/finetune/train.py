@@ -19,7 +19,8 @@ keeps BN in eval mode while the rest trains, for per-device batches too small fo
 The reference's precise-BN pass (200 batches) is not implemented.
 
 Run directory: checkpoints/last.pt (model, optimiser, scheduler, step; resumed with resume=true) and
-checkpoints/rng_rank<r>.pt (every RNG stream as tensors/ints; all files load with `weights_only=True`),
+checkpoints/rng_rank<r>.pt (every RNG stream as tensors/ints; all files load with `weights_only=True`;
+extract/finetune/checkpoint.py),
 backbone.pt + backbone.json + heads.pt (the export `lta extract` loads, see extract/finetune/model.py),
 metrics.jsonl (one line per validation), tensorboard/ (TensorBoard, as train-heads), failures.jsonl (bad clips, see below).
 
@@ -38,7 +39,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,11 @@ import numpy as np
 
 from features.devices import resolve_device
 from features.errors import RunFailure
+from extract.finetune.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from extract.finetune.data import EpochBatchSampler, ProbeReport, RecognitionDataset, make_loader, probe_split
 from extract.finetune.model import (
     RECIPES,
     BackboneSpec,
-    atomic_torch_save,
     build_recognition_model,
     cosine_warmup_factor,
     export_backbone,
@@ -128,30 +129,6 @@ def _to_device(inputs, device):
     return inputs.to(device, non_blocking=True)
 
 
-def _rng_state() -> dict:
-    """Every RNG stream as tensors and plain Python values, so the file loads with `weights_only=True`."""
-    import torch
-
-    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    state = {"python": random.getstate(),  # (version, tuple of 625 ints, gauss_next)
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian)],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    import torch
-
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 @dataclass
 class Plan:
     """Resolved recipe: effective batch, per-process micro-batch, steps."""
@@ -176,14 +153,6 @@ def make_plan(opts: TrainOptions, num_train: int, world_size: int) -> Plan:
         raise ValueError(f"{num_train} training segments are fewer than one effective batch of {batch}")
     epochs = opts.epochs or recipe["epochs"]
     return Plan(opts.lr or recipe["lr"], epochs, batch, micro, steps_per_epoch, epochs * steps_per_epoch)
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    samples: int = 0
-    data_sec: float = 0.0
-    step_sec: float = 0.0
 
 
 def finetune(opts: TrainOptions) -> dict:
@@ -277,7 +246,7 @@ class _Trainer:
             s, warmup_steps=opts.warmup_steps, total_steps=p.plan.total_steps))
         self.state = TrainState()
         if resuming:
-            self.state = _load_checkpoint(p.out / CHECKPOINT, model, self.optimizer, self.scheduler, p.spec, dist)
+            self.state = load_checkpoint(p.out / CHECKPOINT, model, self.optimizer, self.scheduler, p.spec, dist)
             log.info("resumed %s at step %d", p.out / CHECKPOINT, self.state.step)
         self.ddp_model = _wrap_ddp(model, dist)
         self.writer = _open_writer(p)
@@ -387,7 +356,7 @@ class _Trainer:
 
     def checkpoint(self) -> None:
         p = self.p
-        _save_checkpoint(p.out / CHECKPOINT, self.model, self.optimizer, self.scheduler, p.spec, self.state, p.dist,
+        save_checkpoint(p.out / CHECKPOINT, self.model, self.optimizer, self.scheduler, p.spec, self.state, p.dist,
                          p.opts)
 
     def result(self) -> dict:
@@ -551,48 +520,3 @@ def _log_val(out: Path, writer, epoch: int, step: int, metrics: dict) -> None:
         writer.add_scalar(f"val/{k}", v, step)
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": epoch, "step": step, **metrics}) + "\n")
-
-
-def _save_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec, state: TrainState, dist: DistInfo,
-                     opts: TrainOptions) -> None:
-    # every rank keeps its own RNG stream (dropout masks differ per rank); rank 0 writes the shared state
-    atomic_torch_save(_rng_state(), path.with_name(f"rng_rank{dist.rank}.pt"))
-    if dist.is_main:
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "state": asdict(state), "spec": spec.to_json(), "options": asdict(opts),
-                      "world_size": dist.world_size}, path)
-    if dist.world_size > 1:
-        import torch.distributed as tdist
-
-        tdist.barrier()
-
-
-def _load_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec, dist: DistInfo) -> TrainState:
-    ckpt = _load_own(path)
-    if ckpt["spec"] != spec.to_json():
-        raise ValueError(f"{path}: saved backbone spec differs from this run's; use a new out= or resume=false\n"
-                         f"saved: {ckpt['spec']}\nnow:   {spec.to_json()}")
-    if ckpt["world_size"] != dist.world_size:
-        log.warning("%s was written with world_size %d, resuming with %d: data order changes", path, ckpt["world_size"], dist.world_size)
-    model.load_state_dict(ckpt["model"], strict=True)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    rng_path = path.with_name(f"rng_rank{dist.rank}.pt")
-    if rng_path.is_file():
-        _set_rng_state(_load_own(rng_path))
-    return TrainState(**ckpt["state"])
-
-
-def _load_own(path: Path) -> dict:
-    """A checkpoint this module wrote (tensors, plain containers, numbers, strings): `weights_only=True`, so
-    even a run dir from elsewhere cannot run code on resume."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0]
-        raise RuntimeError(f"{path}: refusing to resume from it, it holds more than tensors and plain values ({first}); "
-                           "a file from an older version or another tool: start over with resume=false or a new out=") from None
