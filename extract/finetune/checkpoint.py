@@ -4,7 +4,8 @@
     out/checkpoints/rng_rank<r>.pt   every RNG stream of rank r (dropout masks differ per rank)
 
 Only tensors, plain containers, numbers and strings, so both load with `torch.load(weights_only=True)`: a run dir
-from elsewhere cannot run code on resume.
+from elsewhere cannot run code on resume. `dist` below is the process's `extract.finetune.train.DistInfo` (rank,
+world_size, is_main).
 """
 from __future__ import annotations
 
@@ -12,15 +13,12 @@ import logging
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from extract.finetune.model import BackboneSpec, atomic_torch_save
 from extract.finetune.options import TrainOptions
-
-if TYPE_CHECKING:
-    from extract.finetune.train import DistInfo
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +57,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec, state: TrainState, dist: DistInfo,
+def save_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec, state: TrainState, dist: Any,
                     opts: TrainOptions) -> None:
     """Write `path` (rank 0) and this rank's RNG file beside it; under DDP every rank waits for the others."""
     # every rank keeps its own RNG stream (dropout masks differ per rank); rank 0 writes the shared state
@@ -74,7 +72,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec,
         tdist.barrier()
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec, dist: DistInfo) -> TrainState:
+def load_checkpoint(path: Path, model, optimizer, scheduler, spec: BackboneSpec, dist: Any) -> TrainState:
     """Load `path` into the model, optimiser and scheduler (and this rank's RNG streams); the saved state.
 
     Raises:
