@@ -41,6 +41,8 @@ def one_torch_thread():
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """The tests marked `slow` first (stable otherwise): under pytest-xdist (`make test`) the long files then start
-    at once on the workers, and the many short ones fill in around them instead of leaving one long file last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The demo test first, then the other tests marked `slow` (stable otherwise). Under pytest-xdist (`make test`,
+    whole files per worker, handed out in this order) the demo file, the longest by far, starts at once on one
+    worker while the others take the remaining long files, and the many short ones fill in around them, instead of
+    the demo starting late and running alone at the end."""
+    items.sort(key=lambda item: (item.get_closest_marker("demo") is None, item.get_closest_marker("slow") is None))

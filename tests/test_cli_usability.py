@@ -56,6 +56,7 @@ def tiny(tmp_path_factory, one_torch_thread):
 
 # --- item 2: one error boundary, names checked before any data is loaded ---------------------------------
 
+@pytest.mark.slow
 def test_usage_errors_are_one_line_exit_2_before_loading(tiny, tmp_path):
     data, store, run = tiny["data"], tiny["store"], tiny["run"]
     empty = tmp_path / "empty_store"
@@ -97,6 +98,7 @@ def test_device_cuda_without_cuda_is_one_line(tiny):
                     "train.device=cuda")
 
 
+@pytest.mark.slow
 def test_runtime_failure_is_one_line_exit_1_and_debug_shows_the_traceback(tiny, tmp_path):
     # the run's store with its feature chunks damaged: every check passes, reading the features fails, exit 1
     # (a store root without the run's features is a usage error now, caught before loading: tests/test_first_day.py)

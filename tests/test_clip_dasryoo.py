@@ -101,6 +101,7 @@ def test_open_clip_variant_is_a_different_input_path(extractor):
     assert ours.num_frames == 8 and theirs.num_frames == 32 and theirs.view_shape == ours.view_shape
 
 
+@pytest.mark.slow
 def test_call_slots_embeds_shared_frames_once_with_the_same_values(extractor):
     """Every (N_in, slot) variant from `call_slots` (what `lta extract` stores) equals that slot's own forward."""
     extractor.configure_sampling([2, 4])

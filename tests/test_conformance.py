@@ -297,6 +297,7 @@ def test_manifest_mvit_recognition(fixtures):
     assert sum(1 for k in sd if k.endswith("attn.qkv.weight")) * 3 == sum(1 for k in converted if re.search(r"attn\.[qkv]\.weight$", k))
 
 
+@pytest.mark.slow
 def test_manifest_lta_slowfast_transformer(fixtures):
     from train_heads.model import build_model
 

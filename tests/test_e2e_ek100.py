@@ -78,6 +78,7 @@ def ek100(tmp_path_factory):
     return data, store_root, key, per_video, anns[0]
 
 
+@pytest.mark.slow
 def test_import_train_evaluate_predict(ek100, tmp_path, capsys, one_torch_thread):
     data, store_root, key, per_video, train_ann = ek100
     run = tmp_path / "run"

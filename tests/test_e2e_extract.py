@@ -108,6 +108,7 @@ def mvit_runs(fx, tmp_path_factory, one_torch_thread):
     return out
 
 
+@pytest.mark.slow
 def test_slowfast_pathways_fed_by_lta_extract_are_the_reference_inputs(fx, slowfast_runs):
     assert slowfast_runs
     checked = 0

@@ -18,7 +18,7 @@ import torch
 from e2e_helpers import DEFAULT_E2E, E2E_ENV, e2e_dir
 
 E2E = Path(os.environ.get(E2E_ENV) or DEFAULT_E2E)
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # the module fixture extracts the reference footage (about 85 s in all)
 TOL = dict(rtol=1e-4, atol=1e-4)  # the fixture README's tolerance for features and logits
 
 

@@ -53,6 +53,7 @@ def only_store(root: Path) -> FeatureStore:
     return store
 
 
+@pytest.mark.slow
 def test_extract_values_views_and_failures(tmp_path):
     data = make_dataset(tmp_path / "data")
     store_root = tmp_path / "store"

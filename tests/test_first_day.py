@@ -16,6 +16,8 @@ from features.store import RowTable  # noqa: F401 - features first (import order
 from pipelines import cmd_train_heads
 from test_cli_usability import MODALITIES, TRAIN, assert_one_line, lta
 
+pytestmark = pytest.mark.slow  # subprocess CLI runs over a trained run (about 100 s in all)
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, one_torch_thread):

@@ -58,6 +58,7 @@ def slice_files():
     return files
 
 
+@pytest.mark.slow
 def test_tables_markov_beats_prior_and_head_margin(slice_files, tmp_path, capsys, one_torch_thread):
     """One run on the slice, both settings: table structure, Markov-oracle < frequency prior, and the margin of the
     best config (pipelines/configs/ek100_best.yaml, pair_sample) over the best baseline that sees what the head sees.

@@ -4,10 +4,13 @@ the older code did, so the resume goes ahead; a value other than the default is 
 Through the real CLI, on a copy of one tiny trained run."""
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from test_cli_usability import TRAIN, assert_one_line, lta
 from test_first_day import copy_project, tiny  # noqa: F401 - the module's trained run (a fixture)
+
+pytestmark = pytest.mark.slow  # subprocess CLI runs over a trained run
 
 ADDED = [("reference",), ("head", "modalities", 0, "proj_init"), ("head", "modalities", 0, "query_init_std"),
          ("train", "view_draw"), ("train", "flip_prob")]

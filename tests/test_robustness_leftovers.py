@@ -98,6 +98,7 @@ def test_second_run_of_a_shard_exits_with_one_line_and_writes_nothing(sample, tm
     assert sorted(p.name for p in store.iterdir()) == [".locks"]  # no store, config, summary or failures
 
 
+@pytest.mark.slow
 def test_shards_write_their_own_summaries(sample, tmp_path):
     """Shards 0/2 and 1/2 each write extract_summary.shard-<i>-of-2.json; 0/1 also writes extract_summary.json."""
     for i in range(2):

@@ -46,6 +46,7 @@ def trained(sample):
     return run
 
 
+@pytest.mark.slow
 def test_run_dir_contents(trained, sample):
     names = {p.name for p in trained.iterdir()}
     assert {"config.yaml", "cache_keys.json", "metrics.json", "checkpoints", "tensorboard"} <= names

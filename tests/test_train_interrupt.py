@@ -25,6 +25,8 @@ import torch
 from features.exitcodes import EXIT_INTERRUPTED
 from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
+pytestmark = pytest.mark.slow  # every test drives `lta train-heads` in subprocesses (about 140 s in all)
+
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = {"slowfast": ("slowfast_r101_8x8.synthetic", (32,))}
 EPOCHS = 4
