@@ -51,9 +51,9 @@ def bench_pipeline(root: Path, crop: int, batch: int) -> None:
     from features.store import RowTable
 
     torch.set_num_threads(1)  # one core for the model, one for decoding
-    s = pipeline.run_extraction(data_dir=root, store_root=root / "store", extractors=EXTRACTORS, splits=["train"],
-                                num_views=1, device="cpu", batch_size=batch, weights={n: "random" for n in EXTRACTORS},
-                                crop_size=crop, decode_workers=1, progress=False)
+    s = pipeline.run_extraction(pipeline.ExtractOptions(
+        data_dir=root, store_root=root / "store", extractors=EXTRACTORS, splits=["train"], num_views=1, device="cpu",
+        batch_size=batch, weights={n: "random" for n in EXTRACTORS}, crop_size=crop, decode_workers=1, progress=False))
     # decode-only: the same requests through the same decoder, no model
     rows = RowTable.from_annotations([load_split(root, "train")])
     exts = [create_extractor(n, weights="random", crop_size=crop) for n in EXTRACTORS]

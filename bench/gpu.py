@@ -312,10 +312,10 @@ def bench_extraction(dev: Device, sizes: Sizes, budget: Budget, report: Report, 
         for e in exts.values():
             del e
         torch.cuda.empty_cache() if dev.is_cuda else None
-        s = pipeline.run_extraction(data_dir=root, store_root=root / "store", extractors=list(EXTRACTORS), splits=["train"],
-                                    device=str(dev.device), batch_size=sizes.extract_batch, weights={n: "random" for n in EXTRACTORS},
-                                    crop_size=sizes.crop, decode_workers=cores, progress=False, shard=0, num_shards=shards,
-                                    chunk_rows=8)
+        s = pipeline.run_extraction(pipeline.ExtractOptions(
+            data_dir=root, store_root=root / "store", extractors=list(EXTRACTORS), splits=["train"],
+            device=str(dev.device), batch_size=sizes.extract_batch, weights={n: "random" for n in EXTRACTORS},
+            crop_size=sizes.crop, decode_workers=cores, progress=False, shard=0, num_shards=shards, chunk_rows=8))
         pipe_rate = s.rows_done / max(s.loop_sec, 1e-9)
         report.add(part, "full pipeline", pipe_rate, "windows/s", f"{s.rows_done} windows, shard 1/{shards}, {cores} decode workers")
         ratio = (1 / pipe_rate) / max(1 / decode_rate, 1 / model_rate)

@@ -153,15 +153,7 @@ def build_slowfast(
         raise ValueError(f"crop_size {crop_size} must be a multiple of 32 and num_frames {num_frames} of alpha {alpha}")
     stem_slow = width_per_group
     stem_fast = width_per_group // beta_inv
-    # Temporal kernel basis of PySlowFast "slowfast": conv_a is 1 (slow) / 3 (fast) in res2-3, 3/3 in res4-5.
-    basis = (((1, 1, 1), (1, 1, 1), (3, 1, 1), (3, 1, 1)), ((3, 1, 1),) * 4)
-    conv_a = []
-    for pathway in range(2):
-        stages = []
-        for stage, blocks in enumerate(SLOWFAST_STAGE_DEPTHS[depth]):
-            used = blocks if num_block_temp_kernel is None else num_block_temp_kernel[stage][pathway]
-            stages.append([basis[pathway][stage] if j < used else (1, 1, 1) for j in range(blocks)])
-        conv_a.append(tuple(stages))
+    conv_a = _slowfast_conv_a_kernels(depth, num_block_temp_kernel)
     pool_hw = crop_size // 32
     s5_slow = stem_slow * 32
     feature_dim = s5_slow + s5_slow // beta_inv
@@ -184,6 +176,20 @@ def build_slowfast(
         head_output_with_global_average=True,
     )
     return _modules().SlowFast(net.blocks, head_dim or feature_dim)
+
+
+def _slowfast_conv_a_kernels(depth: int, num_block_temp_kernel: Sequence[Sequence[int]] | None) -> list[tuple]:
+    """conv_a kernel of every block, per pathway and stage (`stage_conv_a_kernel_sizes` of `create_slowfast`)."""
+    # Temporal kernel basis of PySlowFast "slowfast": conv_a is 1 (slow) / 3 (fast) in res2-3, 3/3 in res4-5.
+    basis = (((1, 1, 1), (1, 1, 1), (3, 1, 1), (3, 1, 1)), ((3, 1, 1),) * 4)
+    conv_a = []
+    for pathway in range(2):
+        stages = []
+        for stage, blocks in enumerate(SLOWFAST_STAGE_DEPTHS[depth]):
+            used = blocks if num_block_temp_kernel is None else num_block_temp_kernel[stage][pathway]
+            stages.append([basis[pathway][stage] if j < used else (1, 1, 1) for j in range(blocks)])
+        conv_a.append(tuple(stages))
+    return conv_a
 
 
 def build_mvit(

@@ -327,14 +327,61 @@ def probe_clip(path: Path | str, *, allow_vfr: bool = False) -> ClipInfo:
         DecodeError: the file is missing, empty, not a video, truncated (fewer or cut packets than
             its index lists), variable-rate (unless `allow_vfr`) or holds no video frames.
     """
-    import av
-
     path = Path(path)
     if not path.is_file():
         raise DecodeError(f"{path}: file not found")
     size = path.stat().st_size
     if size == 0:
         raise DecodeError(f"{path}: empty file (0 bytes)")
+    d = _demux(path, size)
+    pts, listed, cut, fps = d.pts, d.listed, d.cut, d.fps
+    if not pts:
+        raise DecodeError(f"{path}: no video frames")
+    if (listed and len(pts) < listed) or cut:
+        raise DecodeError(f"{path}: truncated: the container lists {listed or '?'} frames, {len(pts)} packets are "
+                          f"present, {cut} cut short ({size} bytes)")
+    start_pts = d.start_time if d.start_time is not None else min(pts)
+    pts_arr = np.asarray(pts, dtype=np.int64)
+    grid = _grid_fps(pts_arr, d.time_base, start_pts, fps)
+    if grid is None and not allow_vfr:
+        raise DecodeError(f"{path}: variable frame rate: {len(pts)} timestamps are not on a constant 1/fps grid "
+                          f"(average {fps:.3f} fps); re-time it to a constant rate first (`lta resize` does)")
+    fps = grid or fps
+    steps = np.diff(np.sort(pts_arr))
+    constant_spacing = grid is not None and (len(steps) == 0 or int(steps.max() - steps.min()) <= 1)
+    rotation = _display_rotation(path)
+    width, height = (d.height, d.width) if rotation in (90, 270) else (d.width, d.height)
+    if grid is None:  # approximate indices, made unique by order (resize only reads the count and size)
+        idx = np.empty(len(pts), dtype=np.int64)
+        idx[np.argsort(pts_arr, kind="stable")] = np.arange(len(pts))
+    else:
+        idx = np.array([_frame_index(p, d.time_base, start_pts, fps) for p in pts], dtype=np.int64)
+    keyframes, keyframe_pts, frame_pts = _frame_table(idx, pts_arr, d.key)
+    return ClipInfo(str(path), num_frames=int(idx.max()) + 1, fps=fps, width=width, height=height,
+                    keyframes=keyframes, keyframe_pts=keyframe_pts, rotation=rotation, variable_rate=grid is None,
+                    constant_spacing=constant_spacing, time_base=d.time_base,
+                    start_pts=int(d.start_time) if d.start_time is not None else 0, frame_pts=frame_pts)
+
+
+@dataclass
+class _Demuxed:
+    """What demuxing a clip's video packets tells (`probe_clip` checks and indexes it)."""
+
+    fps: float  # the stream's average (or guessed) rate
+    time_base: float
+    listed: int  # frames in the container index (mp4 sample table); 0 if unknown
+    pts: list[int]  # timestamps of the non-empty packets, in demux order
+    key: list[bool]  # their keyframe flags
+    cut: int  # packets flagged corrupt
+    width: int  # coded size (before the display rotation)
+    height: int
+    start_time: int | None
+
+
+def _demux(path: Path, size: int) -> _Demuxed:
+    """Every video packet's timestamp and keyframe flag (no decoding); DecodeError for a file that is no video."""
+    import av
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -346,7 +393,7 @@ def probe_clip(path: Path | str, *, allow_vfr: bool = False) -> ClipInfo:
                 raise DecodeError(f"{path}: unknown frame rate")
             fps = float(rate)
             time_base = float(stream.time_base)
-            listed = int(stream.frames or 0)  # frames in the container index (mp4 sample table); 0 if unknown
+            listed = int(stream.frames or 0)
             pts, key, cut = [], [], 0
             for packet in container.demux(stream):
                 if packet.pts is None or packet.size == 0:
@@ -359,28 +406,12 @@ def probe_clip(path: Path | str, *, allow_vfr: bool = False) -> ClipInfo:
     except av.error.FFmpegError as err:
         raise DecodeError(f"{path}: not a readable video file ({size} bytes; truncated download or not a video?): "
                           f"{err.strerror or err}") from None
-    if not pts:
-        raise DecodeError(f"{path}: no video frames")
-    if (listed and len(pts) < listed) or cut:
-        raise DecodeError(f"{path}: truncated: the container lists {listed or '?'} frames, {len(pts)} packets are "
-                          f"present, {cut} cut short ({size} bytes)")
-    start_pts = start_time if start_time is not None else min(pts)
-    pts_arr = np.asarray(pts, dtype=np.int64)
-    grid = _grid_fps(pts_arr, time_base, start_pts, fps)
-    if grid is None and not allow_vfr:
-        raise DecodeError(f"{path}: variable frame rate: {len(pts)} timestamps are not on a constant 1/fps grid "
-                          f"(average {fps:.3f} fps); re-time it to a constant rate first (`lta resize` does)")
-    fps = grid or fps
-    steps = np.diff(np.sort(pts_arr))
-    constant_spacing = grid is not None and (len(steps) == 0 or int(steps.max() - steps.min()) <= 1)
-    rotation = _display_rotation(path)
-    if rotation in (90, 270):
-        width, height = height, width
-    if grid is None:  # approximate indices, made unique by order (resize only reads the count and size)
-        idx = np.empty(len(pts), dtype=np.int64)
-        idx[np.argsort(pts_arr, kind="stable")] = np.arange(len(pts))
-    else:
-        idx = np.array([_frame_index(p, time_base, start_pts, fps) for p in pts], dtype=np.int64)
+    return _Demuxed(fps, time_base, listed, pts, key, cut, width, height, start_time)
+
+
+def _frame_table(idx: np.ndarray, pts_arr: np.ndarray, key: list[bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keyframe indices, their pts, frame_pts) of packets with frame indices `idx`; frame_pts[i] is frame i's
+    pts, made non-decreasing so that searchsorted is valid (a missing index never matches)."""
     order = np.argsort(idx)
     is_key = np.asarray(key, dtype=bool)[order]
     keyframes, first = np.unique(idx[order][is_key], return_index=True)
@@ -388,10 +419,7 @@ def probe_clip(path: Path | str, *, allow_vfr: bool = False) -> ClipInfo:
     frame_pts = np.full(int(idx.max()) + 1, np.iinfo(np.int64).max, dtype=np.int64)  # a missing index never matches
     frame_pts[idx[order]] = pts_arr[order]
     frame_pts = np.minimum.accumulate(frame_pts[::-1])[::-1]  # non-decreasing, so searchsorted is valid
-    return ClipInfo(str(path), num_frames=int(idx.max()) + 1, fps=fps, width=width, height=height,
-                    keyframes=keyframes, keyframe_pts=keyframe_pts, rotation=rotation, variable_rate=grid is None,
-                    constant_spacing=constant_spacing, time_base=time_base,
-                    start_pts=int(start_time) if start_time is not None else 0, frame_pts=frame_pts)
+    return keyframes, keyframe_pts, frame_pts
 
 
 def plan_decode(needed: np.ndarray, keyframes: np.ndarray, *, seek_cost: int = SEEK_COST_FRAMES) -> list[tuple[int, int]]:

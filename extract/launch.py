@@ -274,63 +274,90 @@ def run_array(fn: Callable[..., Any], args: Sequence[Any], *, launcher: str, fol
         RunFailure: jobs that ended without a result (cancelled, killed), each with its state and log path.
     """
     executor = make_executor(launcher, folder, params, job_name=job_name)
-    body = ShardJob(fn, job_name)
-    if launcher == "local":  # LocalExecutor has no arrays: submit one by one (all start at once)
-        jobs = [executor.submit(body, a) for a in args]
-    else:
-        request = slurm_queue.Request(params.partition, params.cpus_per_task, params.mem_gb, params.gpus_per_node,
-                                      params.timeout_min)
-        refused = slurm_queue.check_fits(request)
-        if refused:
-            raise UsageError(refused)
-        try:
-            jobs = executor.map_array(body, list(args))
-        except submitit.core.utils.FailedJobError as err:  # sbatch said no (unknown partition, bad gres, ...)
-            raise UsageError(slurm_queue.sbatch_refusal(str(err), request)) from err
-        for job in jobs:  # states from squeue (see extract.slurm_queue): no sacct, no warning per poll
-            job.watcher = slurm_queue.WATCHER
+    jobs, request = _submit(executor, ShardJob(fn, job_name), args, launcher=launcher, params=params)
     log.info("submitted %d %s job(s): %s (logs in %s)", len(jobs), launcher, [j.job_id for j in jobs], folder)
     if launcher == "local":
         _wait_local(jobs, interrupt.current())
     else:
         _wait_slurm(jobs, request, interrupt.current(), job_name)
-    results, failures, stopped, lost, cancelled = [], [], [], [], []
+    outcomes = _collect(jobs, launcher)
+    _raise_for(outcomes, len(jobs), job_name)
+    return outcomes.results
+
+
+def _submit(executor: Any, body: ShardJob, args: Sequence[Any], *, launcher: str,
+            params: SlurmParams) -> tuple[list, slurm_queue.Request | None]:
+    """The submitted jobs (and, for SLURM, the request checked against the cluster's nodes before submitting)."""
+    if launcher == "local":  # LocalExecutor has no arrays: submit one by one (all start at once)
+        return [executor.submit(body, a) for a in args], None
+    request = slurm_queue.Request(params.partition, params.cpus_per_task, params.mem_gb, params.gpus_per_node,
+                                  params.timeout_min)
+    refused = slurm_queue.check_fits(request)
+    if refused:
+        raise UsageError(refused)
+    try:
+        jobs = executor.map_array(body, list(args))
+    except submitit.core.utils.FailedJobError as err:  # sbatch said no (unknown partition, bad gres, ...)
+        raise UsageError(slurm_queue.sbatch_refusal(str(err), request)) from err
+    for job in jobs:  # states from squeue (see extract.slurm_queue): no sacct, no warning per poll
+        job.watcher = slurm_queue.WATCHER
+    return jobs, request
+
+
+@dataclass
+class _Outcomes:
+    """What the jobs of an array ended with: one result per job (None where it gave none) and the reasons."""
+
+    results: list[Any]
+    failures: list[BaseException]  # the jobs' own exceptions, with job id and log path
+    stopped: list[str]  # jobs that stopped on a signal
+    lost: list[str]  # jobs that ended without a result (killed, or a state other than cancelled)
+    cancelled: list[str]  # SLURM jobs cancelled (scancel)
+
+
+def _collect(jobs: list, launcher: str) -> _Outcomes:
+    out = _Outcomes([], [], [], [], [])
     for job in jobs:
         where = f" (job {job.job_id}, log {job.paths.stderr})"
         state = slurm_queue.WATCHER.get_state(job.job_id, mode="cache") if launcher == "slurm" else ""
         if state and state not in slurm_queue.ENDED_OK and not job.paths.result_pickle.exists():
-            (cancelled if state.startswith("CANCELLED") else lost).append(f"job {job.job_id} {state} (log {job.paths.stderr})")
-            results.append(None)
+            (out.cancelled if state.startswith("CANCELLED") else out.lost).append(
+                f"job {job.job_id} {state} (log {job.paths.stderr})")
+            out.results.append(None)
             continue
         try:
-            out = job.result()
+            result = job.result()
         except Exception as err:  # ended without a result (killed, cancelled) or raised outside ShardJob
             text = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-            lost.append(f"job {job.job_id}: {type(err).__name__}: {text[-1] if text else ''}{where}")
-            results.append(None)
+            out.lost.append(f"job {job.job_id}: {type(err).__name__}: {text[-1] if text else ''}{where}")
+            out.results.append(None)
             continue
-        if isinstance(out, JobFailure):
-            failures.append(_with_job_log(out.error, where))
-            out = None
-        elif isinstance(out, JobInterrupted):
-            stopped.append(f"job {job.job_id}: {out.message}")
-            out = None
-        results.append(out)
-    for err in failures[1:]:
+        if isinstance(result, JobFailure):
+            out.failures.append(_with_job_log(result.error, where))
+            result = None
+        elif isinstance(result, JobInterrupted):
+            out.stopped.append(f"job {job.job_id}: {result.message}")
+            result = None
+        out.results.append(result)
+    return out
+
+
+def _raise_for(o: _Outcomes, num_jobs: int, job_name: str) -> None:
+    """Raise for the first job failure, else for a stop, cancelled jobs or lost jobs, in that order."""
+    for err in o.failures[1:]:
         log.error("also failed: %s: %s", type(err).__name__, err)
-    if failures:
-        raise failures[0]
+    if o.failures:
+        raise o.failures[0]
     stop = interrupt.current()
-    if stopped or (lost and stop is not None and stop.requested):
-        raise interrupt.Interrupted(f"{len(stopped) + len(lost)} of {len(jobs)} {job_name} job(s) stopped on "
+    if o.stopped or (o.lost and stop is not None and stop.requested):
+        raise interrupt.Interrupted(f"{len(o.stopped) + len(o.lost)} of {num_jobs} {job_name} job(s) stopped on "
                                     f"{stop.signal_name if stop and stop.requested else 'a signal'}; what they finished "
                                     "is on disk, re-run the same command to resume",
                                     signal_name=stop.signal_name if stop else "")
-    if cancelled:
-        raise RunFailure(f"{len(cancelled)} of {len(jobs)} SLURM job(s) were cancelled (scancel): " + "; ".join(cancelled)
-                         + (("; also ended without a result: " + "; ".join(lost)) if lost else "")
+    if o.cancelled:
+        raise RunFailure(f"{len(o.cancelled)} of {num_jobs} SLURM job(s) were cancelled (scancel): "
+                         + "; ".join(o.cancelled) + (("; also ended without a result: " + "; ".join(o.lost)) if o.lost else "")
                          + "; what they finished is on disk, re-run the same command to resume")
-    if lost:
-        raise RunFailure(f"{len(lost)} of {len(jobs)} job(s) ended without a result: " + "; ".join(lost)
+    if o.lost:
+        raise RunFailure(f"{len(o.lost)} of {num_jobs} job(s) ended without a result: " + "; ".join(o.lost)
                          + "; what they finished is on disk, re-run the same command to resume")
-    return results

@@ -77,6 +77,26 @@ def _write_json(path: Path, value) -> None:
     atomic_write_json(path, value, indent=1, default=str)
 
 
+def extract_options(cfg: ExtractConfig, *, lock: bool = True):
+    """The `extract.pipeline.ExtractOptions` of `cfg`'s shard (`lock=False`: the caller holds the shard lock).
+
+    The keys map one to one but for `views` (num_views), `raw_clips` (resized), `shard` ("i/n": shard and
+    num_shards), `weights` (text: one value per extractor) and `crop_size` (0: None); `max_failed_frac`,
+    `launcher`, `num_shards` and `slurm_*` belong to the command, not to one shard.
+    """
+    from extract.pipeline import ExtractOptions
+
+    shard, num_shards = parse_shard(cfg.shard)
+    return ExtractOptions(
+        data_dir=cfg.data, store_root=cfg.store, extractors=cfg.extractors, splits=cfg.splits, resized=not cfg.raw_clips,
+        weights=parse_weights(cfg.weights, cfg.extractors), num_views=cfg.views, flip_views=cfg.flip_views,
+        crop_size=cfg.crop_size or None, num_input_clips=list(cfg.num_input_clips), slow_pathway=cfg.slow_pathway,
+        linspace=cfg.linspace, precision=cfg.precision, dtype=cfg.dtype, chunk_rows=cfg.chunk_rows, device=cfg.device,
+        batch_size=cfg.batch_size, decode_workers=cfg.decode_workers, progress=cfg.progress, shard=shard,
+        num_shards=num_shards, lock=lock, lock_wait_sec=cfg.lock_wait_sec,
+    )
+
+
 def run_shard(cfg: ExtractConfig, *, lock: bool = True) -> dict:
     """One shard in this process; returns the summary as a dict (also the body of a submitit job).
 
@@ -90,15 +110,7 @@ def run_shard(cfg: ExtractConfig, *, lock: bool = True) -> dict:
     shard, num_shards = parse_shard(cfg.shard)
     interrupted = None
     try:
-        summary = run_extraction(
-            data_dir=cfg.data, store_root=cfg.store, extractors=cfg.extractors, splits=cfg.splits, num_views=cfg.views,
-            flip_views=cfg.flip_views, device=cfg.device, batch_size=cfg.batch_size, shard=shard, num_shards=num_shards,
-            weights=parse_weights(cfg.weights, cfg.extractors), crop_size=cfg.crop_size or None,
-            decode_workers=cfg.decode_workers, dtype=cfg.dtype, chunk_rows=cfg.chunk_rows, resized=not cfg.raw_clips,
-            progress=cfg.progress, lock=lock, lock_wait_sec=cfg.lock_wait_sec,
-            num_input_clips=list(cfg.num_input_clips), slow_pathway=cfg.slow_pathway, linspace=cfg.linspace,
-            precision=cfg.precision,
-        )
+        summary = run_extraction(extract_options(cfg, lock=lock))
     except Interrupted as err:
         if not hasattr(err, "summary"):  # stopped before the shard started (waiting for its lock)
             raise
