@@ -42,6 +42,25 @@ class RunFailure(LtaError, RuntimeError):
     exit_code = 1
 
 
+def check_failed_fraction(failed: int, total: int, max_failed_frac: float, *, what: str, where: object,
+                          outcome: str = "", error: type[LtaError] = RunFailure) -> None:
+    """Raise `error` (a RunFailure by default, exit 1) when more than `max_failed_frac` of `total` items failed.
+
+    Every command with a `max_failed_frac` key ends this way once each item was attempted; the one line names the
+    count, the share, the threshold and where the reasons are, e.g. `12 of 32 rows failed (37.5%), more than
+    max_failed_frac=0.5; reasons in out/failures.jsonl; the rows written are kept`.
+
+    Args:
+        what: the items and how they failed, read after the count: "rows failed", "clips failed to resize".
+        where: the failures file (or where else the reasons are).
+        outcome: what became of the run, appended when given: "the rows written are kept".
+    """
+    if failed > max_failed_frac * max(total, 1):
+        tail = f"; {outcome}" if outcome else ""
+        raise error(f"{failed} of {total} {what} ({failed / max(total, 1):.1%}), more than "
+                    f"max_failed_frac={max_failed_frac}; reasons in {where}{tail}")
+
+
 def closest(value: str, choices: Iterable[str]) -> str | None:
     """The choice closest to `value` (difflib ratio >= 0.6), or None."""
     match = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)

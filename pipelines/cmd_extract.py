@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from features.errors import check_failed_fraction
 from features.files import atomic_write_json
 from pipelines.common import RunFailure, UsageError, run_command
 from pipelines.config import opt, to_yaml
@@ -133,9 +134,8 @@ def _check_failures(summaries: list[dict], cfg: ExtractConfig) -> None:
     failed = sum(s["rows_failed"] for s in summaries)
     total = sum(s["rows_total"] for s in summaries)
     where = summaries[0]["failures_path"] if summaries else "failures.jsonl"
-    if failed > cfg.max_failed_frac * max(total, 1):
-        raise RunFailure(f"{failed} of {total} rows failed ({failed / max(total, 1):.1%}), more than "
-                         f"max_failed_frac={cfg.max_failed_frac}; reasons in {where}; the rows written are kept")
+    check_failed_fraction(failed, total, cfg.max_failed_frac, what="rows failed", where=where,
+                          outcome="the rows written are kept")
     if failed:
         log.error("%d of %d rows failed; reasons in %s", failed, total, where)
 

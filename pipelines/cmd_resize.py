@@ -4,11 +4,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import ClassVar, Sequence
 
+from features.errors import check_failed_fraction
 from pipelines.checks import LAUNCHERS, check_dir, did_you_mean
-from pipelines.common import RunFailure, UsageError, run_command
+from pipelines.common import UsageError, run_command
 from pipelines.config import opt
 from pipelines.slurm_options import slurm_options
 
@@ -85,9 +85,8 @@ def _resize(cfg: ResizeConfig, stop) -> int:
         log.error("resize failed: %s: %s", r["clip_uid"], r["reason"])
     if count["interrupted"]:
         raise stop.interrupted(f"{count['done'] + count['skipped']} of {len(results)} clips done")
-    if len(failed) > cfg.max_failed_frac * max(len(results), 1):
-        raise RunFailure(f"{len(failed)} of {len(results)} clips failed to resize, more than "
-                         f"max_failed_frac={cfg.max_failed_frac}; reasons in {failures_path}")
+    check_failed_fraction(len(failed), len(results), cfg.max_failed_frac, what="clips failed to resize",
+                          where=failures_path, outcome="the clips resized are kept")
     return 0
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
+from features.errors import check_failed_fraction
 from pipelines.common import RunFailure, UsageError, run_command
 from pipelines.config import opt
 
@@ -151,9 +152,8 @@ def _import_ego4d(cfg: ImportEgo4dConfig) -> int:
     summary = import_ego4d_features(cfg.data, cfg.features_dir, cfg.store, params=params, splits=list(cfg.splits),
                                     dtype=cfg.dtype)
     print(summary.text())
-    if summary.failed_frac > cfg.max_failed_frac:
-        raise RunFailure(f"{summary.failed_frac:.1%} of the segments failed to import, more than "
-                         f"max_failed_frac={cfg.max_failed_frac} (see the summary above)")
+    check_failed_fraction(summary.failed, summary.rows, cfg.max_failed_frac, what="segments failed to import",
+                          where=Path(cfg.store) / "failures.jsonl", outcome="the segments imported are kept")
     return 0
 
 

@@ -200,7 +200,7 @@ def test_resize_campaign(tmp_path):
     make_raw_clips(faulty / "clips_hq", faults=True)
     assert cmd_resize.main([f"data={clean}", *RESIZE_ARGS]) == 0
     # failures past max_failed_frac are a RunFailure (exit 1 at the boundary), but every clip was still attempted
-    with pytest.raises(RunFailure, match=r"clips failed to resize, more than max_failed_frac=.*failures.jsonl"):
+    with pytest.raises(RunFailure, match=r"clips failed to resize \(.*%\), more than max_failed_frac=.*failures.jsonl"):
         cmd_resize.main([f"data={faulty}", *RESIZE_ARGS])
     failures = {f["clip_uid"]: f for f in read_failures(faulty / "clips" / "failures.jsonl")}
     ok = {}

@@ -137,7 +137,7 @@ def test_too_many_failures_exit_1_before_training(broken, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     dropped = sum(broken["segments"][broken[k]] for k in BAD)
     total = sum(broken["segments"].values())
-    assert err[-1].startswith(f"lta finetune-backbone: the clip probe dropped {dropped} of {total} segments"), err[-3:]
+    assert err[-1].startswith(f"lta finetune-backbone: {dropped} of {total} segments dropped by the clip probe"), err[-3:]
     assert "max_failed_frac=0.01" in err[-1] and str(run / "failures.jsonl") in err[-1] and "Traceback" not in "\n".join(err)
     assert len(_records(run)) == len(BAD)
     assert not (run / "checkpoints").exists() and not (run / "backbone.pt").exists() and not (run / "tensorboard").exists()

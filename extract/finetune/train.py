@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from features.devices import resolve_device
-from features.errors import RunFailure
+from features.errors import RunFailure, check_failed_fraction
 from extract.finetune.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from extract.finetune.data import EpochBatchSampler, ProbeReport, RecognitionDataset, make_loader, probe_split
 from extract.finetune.model import (
@@ -446,10 +446,8 @@ def _probe(opts: TrainOptions, spec: BackboneSpec, train_ann, val_ann, failures_
         log.warning("dropped %d %s segment(s) of clip %s: %s", rec["rows"], rec["split"], rec["clip_uid"], rec["reason"])
     if failures_path is not None:
         append_failures(failures_path, failures)
-    if dropped > opts.max_failed_frac * total:
-        raise TooManyFailures(f"the clip probe dropped {dropped} of {total} segments ({dropped / total:.1%}), "
-                              f"more than max_failed_frac={opts.max_failed_frac}; reasons in {failures_path or FAILURES}; "
-                              "nothing was trained")
+    check_failed_fraction(dropped, total, opts.max_failed_frac, what="segments dropped by the clip probe",
+                          where=failures_path or FAILURES, outcome="nothing was trained", error=TooManyFailures)
     for p in probes:
         if not len(p.rows):
             raise TooManyFailures(f"split {p.split!r}: every segment was dropped; reasons in {failures_path or FAILURES}")
