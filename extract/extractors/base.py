@@ -136,10 +136,12 @@ class VideoExtractor(Extractor):
         s = self.spec
         n, t, h, w, _ = frames.shape
         x = frames.permute(0, 1, 4, 2, 3).reshape(n * t, 3, h, w).float()  # (N*T, 3, H, W)
-        # the reference order: /255, Normalize (torchvision: sub mean, div std), then scale and crop
+        # the reference order: /255, Normalize (torchvision: sub mean, div std), then scale and crop. In place: the
+        # same float32 operations, bit for bit, without three full-resolution temporaries (2.5x faster on the CPU:
+        # 0.16 -> 0.064 s for 32 frames at 320x427, bench/preprocess.py)
         mean = torch.tensor(s.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(s.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
-        x = (x / 255.0 - mean) / std
+        x.div_(255.0).sub_(mean).div_(std)
         # pytorchvideo short_side_scale: floor of the long side, bilinear, align_corners=False
         new_h, new_w = (int(math.floor(h / w * s.short_side)), s.short_side) if w < h else (s.short_side, int(math.floor(w / h * s.short_side)))
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
