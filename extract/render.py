@@ -96,8 +96,8 @@ def _object_mask(shape: str, cx: float, cy: float, radius: float, angle: float, 
     y0, y1 = max(int(cy - radius) - 1, 0), min(int(cy + radius) + 2, h)
     if x0 >= x1 or y0 >= y1:
         return None
-    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    dx, dy = xs - cx, ys - cy
+    dx = np.arange(x0, x1, dtype=np.float32)[None, :] - cx  # (1, w) and (h, 1): broadcast, the same float32 values
+    dy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy  # as on a full mgrid, without building it per object
     c, s = math.cos(angle), math.sin(angle)
     u = (dx * c + dy * s) / radius  # rotate the pixel grid into object coordinates
     v = (-dx * s + dy * c) / radius

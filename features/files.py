@@ -47,8 +47,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)  # left only when the write failed: no half-written file stays
 
 
-def atomic_write(path: str | Path, data: str | bytes, *, encoding: str = "utf-8") -> Path:
-    """Write `data` (text or bytes) to `path` atomically; returns `path`."""
+def atomic_write(path: str | Path, data: str | bytes, *, encoding: str = "utf-8", skip_unchanged: bool = False) -> Path:
+    """Write `data` (text or bytes) to `path` atomically; returns `path`.
+
+    `skip_unchanged`: leave the file alone when it already holds exactly `data` (a file rewritten every epoch with
+    the same content would otherwise cost two fsyncs each time)."""
+    if skip_unchanged:
+        raw = data if isinstance(data, bytes) else data.encode(encoding)
+        try:
+            if Path(path).read_bytes() == raw:
+                return Path(path)
+        except OSError:  # absent (or unreadable): write it
+            pass
     with atomic_path(path) as tmp:
         if isinstance(data, bytes):
             tmp.write_bytes(data)

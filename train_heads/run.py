@@ -126,8 +126,9 @@ def save_run(run_dir: str | Path, model: Any, cfg: Any, cache_keys: dict[str, st
              "metrics": metrics or {}}
     state.update(extra_state or {})
     path = save_checkpoint(run_dir, checkpoint, state)
-    atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg_dict)))
-    atomic_write(run_dir / CACHE_KEYS_FILE, json.dumps({"modalities": dict(cache_keys)}, indent=1) + "\n")
+    atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(cfg_dict)), skip_unchanged=True)
+    atomic_write(run_dir / CACHE_KEYS_FILE, json.dumps({"modalities": dict(cache_keys)}, indent=1) + "\n",
+                 skip_unchanged=True)
     if metrics is not None:
         merged = read_metrics(run_dir)
         merged.update(metrics)

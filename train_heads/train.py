@@ -31,7 +31,7 @@ from train_heads.generators import create_generator
 from train_heads.model import ModelConfig, build_model
 from train_heads.pair_prior import fit_pair_prior
 from train_heads.resume import check_resume_config, flatten_config, prepare_run_dir
-from train_heads.run import CONFIG_FILE, checkpoint_path, load_checkpoint, read_metrics, save_run, update_metrics
+from train_heads.run import CONFIG_FILE, _plain, checkpoint_path, load_checkpoint, read_metrics, save_run, update_metrics
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,7 @@ class _Run:
     cfg: TrainConfig
     run_dir: Path
     full_cfg: Any
+    saved_cfg: dict  # full_cfg as plain containers, what config.yaml and the checkpoints hold (converted once)
     device: torch.device
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -304,7 +305,7 @@ class _Run:
                  "metrics": metrics, **more}
         if self.device.type == "cuda":
             extra["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        save_run(self.run_dir, self.model, self.full_cfg, self.bank.cache_keys, metrics=None, checkpoint="last",
+        save_run(self.run_dir, self.model, self.saved_cfg, self.bank.cache_keys, metrics=None, checkpoint="last",
                  extra_state=extra)
 
 
@@ -335,8 +336,8 @@ def _set_up(model_cfg: ModelConfig, cfg: TrainConfig, train_windows: SplitWindow
     optimizer = make_optimizer(model, cfg)
     state = {"epoch": 0, "global_step": 0, "step_in_epoch": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0,
              "history": []}
-    return _Run(cfg=cfg, run_dir=run_dir, full_cfg=full_cfg, device=device, model=model, optimizer=optimizer,
-                scheduler=make_scheduler(optimizer, cfg, steps_per_epoch), bank=bank, train_data=train_data,
+    return _Run(cfg=cfg, run_dir=run_dir, full_cfg=full_cfg, saved_cfg=_plain(full_cfg), device=device, model=model,
+                optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg, steps_per_epoch), bank=bank, train_data=train_data,
                 val_data=val_data, data_rng=data_rng, steps_per_epoch=steps_per_epoch, state=state,
                 epoch_loss=torch.zeros((), device=device))
 
@@ -443,7 +444,7 @@ def _save_epoch(run: _Run, val: dict[str, Any], improved: bool) -> None:
     metrics = run.metrics()
     if improved:
         metrics["best_val"] = val
-        save_run(run.run_dir, run.model, run.full_cfg, run.bank.cache_keys, metrics=metrics, checkpoint="best",
+        save_run(run.run_dir, run.model, run.saved_cfg, run.bank.cache_keys, metrics=metrics, checkpoint="best",
                  extra_state={"epoch": run.state["epoch"]})
     run.save_last(run.data_rng.get_state(), metrics)
     update_metrics(run.run_dir, metrics)
