@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import cli_proc
 from pipelines import cmd_store, cmd_sweep
 from pipelines.config import ConfigError, parse_config
 
@@ -25,8 +25,7 @@ FAST = ["train.epochs=1", "train.warmup_steps=1", "train.batch_size=32", "train.
 def lta(*args: str, cwd: Path | str = ROOT) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "LTA_DEBUG"}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
+    return cli_proc.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

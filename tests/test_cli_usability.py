@@ -1,9 +1,9 @@
 """Everyday use of the `lta` CLI (issue 16): one-line errors, the predict default, self-contained run dirs,
 discoverable keys, reproducible numbers.
 
-The error tests run the real console entry point in a subprocess and fail early (before any data is
-loaded), so each takes about as long as the imports. The run they use is a tiny head trained in-process
-on a synthetic store (a few seconds).
+The error tests run the real CLI entry point in a process of its own (tests/cli_proc.py) and fail early
+(before any data is loaded). The run they use is a tiny head trained in-process on a synthetic store (a few
+seconds).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import cli_proc
 from features.store import RowTable  # noqa: F401 - features first (import order of the project)
 from pipelines import cmd_evaluate, cmd_predict, cmd_score, cmd_train_heads
 from pipelines.config import ConfigError, help_text, parse_config
@@ -29,8 +30,7 @@ TRAIN = ["head.num_input=2", "train.epochs=2", "train.lr=2e-3", "train.warmup_st
 def lta(*args: str, cwd: Path | str = ROOT, debug: bool = False) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "LTA_DEBUG"}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **({"LTA_DEBUG": "1"} if debug else {}))
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
+    return cli_proc.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 def assert_one_line(res: subprocess.CompletedProcess, rc: int, *needles: str) -> str:

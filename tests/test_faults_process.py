@@ -1,6 +1,6 @@
 """Process faults: `lta extract` and `lta train-heads` killed (SIGKILL) at random points, racing shards, a full disk.
 
-Every run is a real `python -m pipelines.cli ...` subprocess (OMP_NUM_THREADS=1, so values are
+Every run is a real `lta` process (tests/cli_proc.py; OMP_NUM_THREADS=1, so values are
 bit-reproducible). After each fault the same command is re-run; the final store (or run dir) must
 equal an uninterrupted run: every row filled once, byte-identical features and windows, no failure
 records; metrics and checkpoints identical. The full disk is a file-size limit (RLIMIT_FSIZE, with
@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import cli_proc
 from fault_seed import fault_rng
 from features.store import FeatureStore, open_root
 from test_faults_video import record_fault
@@ -41,12 +40,9 @@ pytestmark = pytest.mark.slow
 def start(command: str, args: list[str], *, file_limit: int | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write(), as a full disk gives ENOSPC
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
-
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", command, *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit if file_limit else None)
+    # file_limit: RLIMIT_FSIZE (Python ignores SIGXFSZ, so writes past it fail with EFBIG, as a full disk gives ENOSPC)
+    return cli_proc.popen([command, *args], cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          file_limit=file_limit)
 
 
 def finish(proc: subprocess.Popen, want_rc: int | None = 0) -> str:

@@ -16,7 +16,7 @@ from features.store import RowTable  # noqa: F401 - features first (import order
 from pipelines import cmd_train_heads
 from test_cli_usability import MODALITIES, TRAIN, assert_one_line, lta
 
-pytestmark = pytest.mark.slow  # subprocess CLI runs over a trained run (about 100 s in all)
+pytestmark = pytest.mark.slow  # CLI runs in processes of their own (tests/cli_proc.py) over a trained run
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """What a SLURM cluster does to long jobs: SIGTERM (preemption), submitit's USR2 checkpoint/requeue, a requeue
 while the old run still holds the shard lock, mixed shard layouts, readers during writes, job errors as one line.
 
-Every run is a real `python -m pipelines.cli ...` process (or a submitit local job); after each fault the
+Every run is a real `lta` process (tests/cli_proc.py: `python -m pipelines.cli` forked from a server that
+has the libraries imported; or a submitit local job); after each fault the
 store is compared row for row (bit for bit) with an uninterrupted run (`test_faults_process.reference`).
 Random signal points come from `fault_rng` (prints its seed; `LTA_FAULT_SEED=<seed>` replays a run).
 """
@@ -12,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cli_proc
 from extract.shard_lock import ShardLayoutError, ShardLock, ShardLockedError, claim_layout, layout_path
 from fault_seed import fault_rng
 from features.exitcodes import EXIT_INTERRUPTED
@@ -32,16 +33,10 @@ pytestmark = pytest.mark.slow
 
 def start(command: str, args: list[str], log: Path, *, file_limit: int | None = None) -> subprocess.Popen:
     """`lta <command> args` with stderr to `log` (read while it runs)."""
-    import resource
-
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
-
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", command, *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"), preexec_fn=limit if file_limit else None)
+    with log.open("w") as err:
+        return cli_proc.popen([command, *args], cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL, stderr=err,
+                              file_limit=file_limit)
 
 
 def wait_until(proc: subprocess.Popen, ready, timeout: float = 180) -> bool:

@@ -1,6 +1,6 @@
 """launcher=slurm against a real SLURM controller (`make slurm-up`: slurmctld + slurmd on this machine).
 
-Every test runs the real CLI (`python -m pipelines.cli ...`), which submits real sbatch arrays through submitit and
+Every test runs the real CLI (`python -m pipelines.cli ...` in a process of its own, tests/cli_proc.py), which submits real sbatch arrays through submitit and
 watches them with squeue; the faults come from outside, as on a cluster (`scontrol requeue`, `scancel`). Each
 store is compared array by array, bit for bit, with the one `launcher=local` writes (every array of every
 `<key>.zarr`: features, windows, row table, done mask). Jobs ask for 1 CPU, 2 GB and no GPU, so they share the
@@ -14,13 +14,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import cli_proc
 from extract.shard_lock import ShardLock
 from features.exitcodes import EXIT_INTERRUPTED
 from test_faults_process import EXTRACT_ARGS, REPO, filled_rows, sample  # noqa: F401
@@ -62,8 +62,8 @@ def start(command: str, args: list[str], log: Path) -> subprocess.Popen:
     """`lta <command> args` with stderr to `log`, torch on one thread (the SLURM jobs inherit the environment)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env.pop("LTA_DEBUG", None)
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", command, *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    with log.open("w") as err:
+        return cli_proc.popen([command, *args], cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL, stderr=err)
 
 
 def run(command: str, args: list[str], log: Path, timeout: float = 240) -> int:

@@ -1,4 +1,5 @@
-"""`lta train-heads` under signals and reruns, driven through the real CLI in subprocesses.
+"""`lta train-heads` under signals and reruns, driven through the real CLI in processes of
+its own (tests/cli_proc.py).
 
 - SIGTERM / SIGINT at a random step: a clean stop after the current step (exit 75, one line with the resume
   command, no traceback), a checkpoint of what completed, and a resume that ends bit-identical to an
@@ -16,16 +17,17 @@ import random
 import select
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+import cli_proc
+
 from features.exitcodes import EXIT_INTERRUPTED
 from synthetic_store import write_synthetic_dataset, write_synthetic_stores
 
-pytestmark = pytest.mark.slow  # every test drives `lta train-heads` in subprocesses (about 140 s in all)
+pytestmark = pytest.mark.slow  # every test drives `lta train-heads` in processes of its own
 
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = {"slowfast": ("slowfast_r101_8x8.synthetic", (32,))}
@@ -49,8 +51,7 @@ def argv(sample: Path, out: Path, *extra: str) -> list[str]:
 
 
 def lta(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=300, **kwargs)
+    return cli_proc.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300, **kwargs)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -114,8 +115,8 @@ def assert_one_monotonic_step_axis(run: Path) -> None:
 
 def run_until_line(args: list[str], marker: str, sig: int) -> tuple[int, str]:
     """Start `lta train-heads`, send `sig` as soon as its log shows a line containing `marker`."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "train-heads", *args], cwd=REPO, env=ENV,
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = cli_proc.popen(["train-heads", *args], cwd=REPO, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True)
     seen = []
     sent = False
     for line in proc.stderr:
@@ -129,13 +130,19 @@ def run_until_line(args: list[str], marker: str, sig: int) -> tuple[int, str]:
     return rc, "".join(seen)
 
 
+@pytest.fixture(scope="module")
+def reference_run(sample, tmp_path_factory) -> tuple[Path, dict]:
+    """One uninterrupted run (dir, metrics) that every signal test compares with."""
+    ref = tmp_path_factory.mktemp("interrupt_ref") / "ref"
+    return ref, uninterrupted(sample, ref)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_at_a_random_step_then_resume_equals_uninterrupted(sample, tmp_path, sig):
+def test_signal_at_a_random_step_then_resume_equals_uninterrupted(sample, reference_run, tmp_path, sig):
     seed = int(os.environ.get("LTA_FAULT_SEED", random.SystemRandom().randrange(2**31)))
     print(f"LTA_FAULT_SEED={seed}")
     rng = random.Random(seed + sig)
-    ref = tmp_path / "ref"
-    metrics = uninterrupted(sample, ref)
+    ref, metrics = reference_run
     total = metrics["history"][-1]["step"]
     per_epoch = metrics["history"][0]["step"]
     # the signal goes out when the log shows a step line (it lands in that step or the next ones, or in the
@@ -240,8 +247,7 @@ def _run_on_pty(args: list[str]) -> tuple[int, str]:
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=slave)
+    proc = cli_proc.popen(args, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
     chunks = []
     while True:
