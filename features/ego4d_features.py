@@ -103,6 +103,7 @@ class ImportSummary:
     videos_loaded: int = 0
     videos_missing: int = 0
     reasons: dict = field(default_factory=dict)  # reason -> count
+    failures_path: str = ""  # where the failed segments are listed (`<store_root>/failures.jsonl`)
     wall_sec: float = 0.0
 
     @property
@@ -171,7 +172,8 @@ def import_ego4d_features(data_dir: str | Path, features_dir: str | Path, store_
     key = cache_key(params.name, spec)
     store = FeatureStore.create(store_path(store_root, key), name=params.name, spec=spec, rows=rows, view_shape=(dim,),
                                 num_views=params.num_views, dtype=dtype, chunk_rows=chunk_rows)
-    summary = ImportSummary(store=str(store.path), key=key, rows=len(rows), videos_missing=len(missing))
+    summary = ImportSummary(store=str(store.path), key=key, rows=len(rows), videos_missing=len(missing),
+                            failures_path=str(store_root / "failures.jsonl"))
     done = store.filled()
     summary.already_done = int(done.sum())
 
@@ -234,10 +236,10 @@ def import_ego4d_features(data_dir: str | Path, features_dir: str | Path, store_
         summary.reasons[f["reason"]] = summary.reasons.get(f["reason"], 0) + 1
     if failures:
         store_root.mkdir(parents=True, exist_ok=True)
-        with open(store_root / "failures.jsonl", "a") as fh:
+        with open(summary.failures_path, "a") as fh:
             for f in failures:
                 fh.write(json.dumps(dict(f, key=key)) + "\n")
         log.warning("%d of %d segments have no features (%s); listed in %s", len(failures), len(rows),
-                    summary.reasons, store_root / "failures.jsonl")
+                    summary.reasons, summary.failures_path)
     summary.wall_sec = time.perf_counter() - t0
     return summary

@@ -153,7 +153,7 @@ def _import_ego4d(cfg: ImportEgo4dConfig) -> int:
                                     dtype=cfg.dtype)
     print(summary.text())
     check_failed_fraction(summary.failed, summary.rows, cfg.max_failed_frac, what="segments failed to import",
-                          where=Path(cfg.store) / "failures.jsonl", outcome="the segments imported are kept")
+                          where=summary.failures_path, outcome="the segments imported are kept")
     return 0
 
 
