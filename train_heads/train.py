@@ -31,7 +31,8 @@ from train_heads.generators import create_generator
 from train_heads.model import ModelConfig, build_model
 from train_heads.pair_prior import fit_pair_prior
 from train_heads.resume import check_resume_config, flatten_config, prepare_run_dir
-from train_heads.run import CONFIG_FILE, _plain, checkpoint_path, load_checkpoint, read_metrics, save_run, update_metrics
+from train_heads.run import (CONFIG_FILE, _plain, checkpoint_path, load_checkpoint, read_metrics, save_run,
+                             update_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -337,9 +338,9 @@ def _set_up(model_cfg: ModelConfig, cfg: TrainConfig, train_windows: SplitWindow
     state = {"epoch": 0, "global_step": 0, "step_in_epoch": 0, "best": math.inf, "best_epoch": -1, "bad_epochs": 0,
              "history": []}
     return _Run(cfg=cfg, run_dir=run_dir, full_cfg=full_cfg, saved_cfg=_plain(full_cfg), device=device, model=model,
-                optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg, steps_per_epoch), bank=bank, train_data=train_data,
-                val_data=val_data, data_rng=data_rng, steps_per_epoch=steps_per_epoch, state=state,
-                epoch_loss=torch.zeros((), device=device))
+                optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg, steps_per_epoch), bank=bank,
+                train_data=train_data, val_data=val_data, data_rng=data_rng, steps_per_epoch=steps_per_epoch,
+                state=state, epoch_loss=torch.zeros((), device=device))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
